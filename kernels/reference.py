@@ -1,0 +1,315 @@
+"""Pure-PyTorch reference ops: the CPU fallback and the test oracle.
+
+Each function here has the meaning that a Triton kernel behind the same public
+name in :mod:`sacd_fast.kernels` must reproduce (SACD.md, "Inference" and
+"Anomaly synthesis"):
+
+* :func:`cosine_anomaly_map`: per-scale ``1 - cos`` over channels, bilinear
+  upsampling (``align_corners=True``), sum (or product) over scales, then a
+  Gaussian filter with scipy's ``reflect`` border (half-sample symmetric) and
+  ``2 * int(4 * sigma + 0.5) + 1`` taps, as ``scipy.ndimage.gaussian_filter``.
+* :func:`conv_in_lrelu`: one FeaCali block, conv3x3 -> InstanceNorm -> LeakyReLU.
+* :func:`simplex_noise3d`: fractal 3-D OpenSimplex noise, value for value the
+  ``opensimplex`` package's ``OpenSimplex(seed).noise3``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------- #
+# Anomaly map
+# --------------------------------------------------------------------------- #
+
+COSINE_EPS = 1e-8
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``1 - cos(a, b)`` along ``dim``, computed in float32 (or float64 if given).
+
+    The denominator is ``max(|a| * |b|, 1e-8)``, so an all-zero vector gives a
+    distance of 1 rather than NaN.
+    """
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    a, b = a.to(dtype), b.to(dtype)
+    dot = (a * b).sum(dim)
+    norm = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
+    return 1.0 - dot / norm.clamp_min(COSINE_EPS)
+
+
+def gaussian_taps(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The normalised 1-D Gaussian of ``scipy.ndimage.gaussian_filter`` (truncate=4)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).to(dtype=dtype, device=device)
+
+
+def reflect_index(n: int, radius: int, device=None) -> torch.Tensor:
+    """Source indices for positions ``-radius .. n - 1 + radius`` under scipy's
+    ``reflect`` border (``d c b a | a b c d | d c b a``), valid for any radius."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian filter of ``maps`` (B, H, W) with scipy's reflect border."""
+    if sigma <= 0:
+        return maps
+    taps = gaussian_taps(sigma, maps.dtype, maps.device)
+    radius = (taps.numel() - 1) // 2
+    b, h, w = maps.shape
+    kernel = taps.view(1, 1, -1)
+    rows = maps[:, :, reflect_index(w, radius, maps.device)]
+    maps = F.conv1d(rows.reshape(b * h, 1, -1), kernel).view(b, h, w)
+    cols = maps.transpose(1, 2)[:, :, reflect_index(h, radius, maps.device)]
+    return F.conv1d(cols.reshape(b * w, 1, -1), kernel).view(b, w, h).transpose(1, 2).contiguous()
+
+
+def cosine_anomaly_map(
+    teacher: Sequence[torch.Tensor],
+    student: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    sigma: float = 4.0,
+    mode: str = "add",
+) -> torch.Tensor:
+    """Multi-scale cosine anomaly map, float32 (B, H, W) (float64 for float64 inputs).
+
+    Args:
+        teacher, student: sequences of (B, C_k, h_k, w_k) feature maps.
+        size: output (H, W).
+        sigma: Gaussian sigma in output pixels; 0 disables the filter.
+        mode: ``"add"`` sums the upsampled per-scale maps, ``"mul"`` multiplies them.
+    """
+    total = None
+    for t, s in zip(teacher, student):
+        distance = cosine_distance(t, s, dim=1).unsqueeze(1)
+        distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
+        if total is None:
+            total = distance
+        else:
+            total = total + distance if mode == "add" else total * distance
+    return gaussian_blur(total, sigma)
+
+
+# --------------------------------------------------------------------------- #
+# FeaCali block
+# --------------------------------------------------------------------------- #
+
+
+def conv_in_lrelu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    negative_slope: float = 0.01,
+) -> torch.Tensor:
+    """conv3x3 (padding 1) -> InstanceNorm (no affine) -> LeakyReLU, (B, C_out, H, W)."""
+    y = F.conv2d(x, weight, bias, padding=1)
+    return F.leaky_relu(F.instance_norm(y, eps=eps), negative_slope)
+
+
+# --------------------------------------------------------------------------- #
+# OpenSimplex noise (the `opensimplex` package's legacy 3-D algorithm)
+# --------------------------------------------------------------------------- #
+
+LCG_MULTIPLIER = 6364136223846793005
+LCG_INCREMENT = 1442695040888963407
+STRETCH_3D = -1.0 / 6.0
+SQUISH_3D = 1.0 / 3.0
+NORM_3D = 103.0
+GRADIENTS_3D = (
+    (-11, 4, 4), (-4, 11, 4), (-4, 4, 11), (11, 4, 4), (4, 11, 4), (4, 4, 11),
+    (-11, -4, 4), (-4, -11, 4), (-4, -4, 11), (11, -4, 4), (4, -11, 4), (4, -4, 11),
+    (-11, 4, -4), (-4, 11, -4), (-4, 4, -11), (11, 4, -4), (4, 11, -4), (4, 4, -11),
+    (-11, -4, -4), (-4, -11, -4), (-4, -4, -11), (11, -4, -4), (4, -11, -4), (4, -4, -11),
+)  # fmt: skip
+
+
+def lcg_step(state: torch.Tensor) -> torch.Tensor:
+    """One step of the 64-bit LCG opensimplex seeds with (int64, wrapping)."""
+    return state * LCG_MULTIPLIER + LCG_INCREMENT
+
+
+def simplex_permutations(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """opensimplex's seeded tables, batched: ``perm`` and ``perm_grad_index3``,
+    both int64 (B, 256), built on ``seeds.device``."""
+    state = seeds.to(torch.int64).reshape(-1).clone()
+    batch = state.numel()
+    rows = torch.arange(batch, device=state.device)
+    source = torch.arange(256, device=state.device).repeat(batch, 1)
+    perm = torch.empty_like(source)
+    for _ in range(3):
+        state = lcg_step(state)
+    for i in range(255, -1, -1):
+        state = lcg_step(state)
+        # (state + 31) mod (i + 1) without the int64 overflow of state + 31.
+        r = (torch.remainder(state, i + 1) + 31) % (i + 1)
+        perm[:, i] = source[rows, r]
+        source[rows, r] = source[:, i].clone()
+    return perm, (perm % len(GRADIENTS_3D)) * 3
+
+
+def _corner_offsets(xins, yins, zins):
+    """The region test and the two 'extra' lattice vertices of legacy 3-D OpenSimplex.
+
+    Returns ``region`` (0: tetrahedron at (0,0,0), 1: tetrahedron at (1,1,1),
+    2: the octahedron between) and the integer offsets (relative to the
+    rhombohedron origin) of the two extra vertices, each a tuple of three int64
+    tensors. This is opensimplex's branch tree written with ``torch.where``.
+    """
+    w = torch.where
+    in_sum = xins + yins + zins
+    one = torch.ones_like(xins, dtype=torch.int64)
+    zero = torch.zeros_like(one)
+
+    def bits(c):
+        return (c & 1) != 0, (c & 2) != 0, (c & 4) != 0
+
+    # Region 0: the two closest of (1,0,0), (0,1,0), (0,0,1).
+    a_s, b_s = xins, yins
+    a_p, b_p = one * 1, one * 2
+    up_b = (a_s >= b_s) & (zins > b_s)
+    up_a = (a_s < b_s) & (zins > a_s)
+    b_s, b_p = w(up_b, zins, b_s), w(up_b, 4, b_p)
+    a_s, a_p = w(up_a, zins, a_s), w(up_a, 4, a_p)
+    wins = 1 - in_sum
+    near_origin = (wins > a_s) | (wins > b_s)
+    c = w(b_s > a_s, b_p, a_p)
+    cx, cy, cz = bits(c)
+    r0_near = (
+        (w(cx, 1, -1), w(cy, 1, w(cx, -1, 0)), w(cz, 1, 0)),
+        (w(cx, 1, 0), w(cy, 1, w(cx, 0, -1)), w(cz, 1, -1)),
+    )
+    cx, cy, cz = bits(a_p | b_p)
+    r0_far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 1, -1), w(cy, 1, -1), w(cz, 1, -1)))
+    r0 = tuple(tuple(w(near_origin, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(r0_near, r0_far))
+
+    # Region 1: the two closest of (1,1,0), (1,0,1), (0,1,1).
+    a_s, b_s = xins, yins
+    a_p, b_p = one * 6, one * 5
+    up_b = (a_s <= b_s) & (zins < b_s)
+    up_a = (a_s > b_s) & (zins < a_s)
+    b_s, b_p = w(up_b, zins, b_s), w(up_b, 3, b_p)
+    a_s, a_p = w(up_a, zins, a_s), w(up_a, 3, a_p)
+    wins = 3 - in_sum
+    near_corner = (wins < a_s) | (wins < b_s)
+    c = w(b_s < a_s, b_p, a_p)
+    cx, cy, cz = bits(c)
+    r1_near = (
+        (w(cx, 2, 0), w(cy, w(cx, 1, 2), 0), w(cz, 1, 0)),
+        (w(cx, 1, 0), w(cy, w(cx, 2, 1), 0), w(cz, 2, 0)),
+    )
+    cx, cy, cz = bits(a_p & b_p)
+    r1_far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 2, 0), w(cy, 2, 0), w(cz, 2, 0)))
+    r1 = tuple(tuple(w(near_corner, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(r1_near, r1_far))
+
+    # Region 2 (octahedron): closest of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1).
+    p1, p2, p3 = xins + yins, xins + zins, yins + zins
+    a_far, b_far = p1 > 1, p2 > 1
+    a_s, a_p = w(a_far, p1 - 1, 1 - p1), w(a_far, 3, 4)
+    b_s, b_p = w(b_far, p2 - 1, 1 - p2), w(b_far, 5, 2)
+    p3_far = p3 > 1
+    score = w(p3_far, p3 - 1, 1 - p3)
+    p3_point = w(p3_far, 6, 1)
+    swap_a = (a_s <= b_s) & (a_s < score)
+    swap_b = (a_s > b_s) & (b_s < score)
+    a_p, a_far = w(swap_a, p3_point, a_p), w(swap_a, p3_far, a_far)
+    b_p, b_far = w(swap_b, p3_point, b_p), w(swap_b, p3_far, b_far)
+
+    def minus_one_vertex(c):  # the permutation of (1,1,-1) with -1 on the first axis c lacks
+        cx, cy, _ = bits(c)
+        return (w(~cx, -1, 1), w(cx & ~cy, -1, 1), w(cx & cy, -1, 1))
+
+    def two_vertex(c):  # the permutation of (0,0,2) on the first axis c has
+        cx, cy, _ = bits(c)
+        return (w(cx, 2, 0), w(~cx & cy, 2, 0), w(~cx & ~cy, 2, 0))
+
+    same = a_far == b_far
+    both_far = same & a_far
+    both_near = same & ~a_far
+    c1, c2 = w(a_far, a_p, b_p), w(a_far, b_p, a_p)
+    ext0_far, ext1_far = (one, one, one), two_vertex(a_p & b_p)
+    ext0_near, ext1_near = (zero, zero, zero), minus_one_vertex(a_p | b_p)
+    ext0_mixed, ext1_mixed = minus_one_vertex(c1), two_vertex(c2)
+    r2 = tuple(
+        tuple(w(both_far, f, w(both_near, n, m)) for f, n, m in zip(vf, vn, vm))
+        for vf, vn, vm in ((ext0_far, ext0_near, ext0_mixed), (ext1_far, ext1_near, ext1_mixed))
+    )
+
+    region = w(in_sum <= 1, zero, w(in_sum >= 2, one, 2 * one))
+    ext = tuple(
+        tuple(w(region == 0, a, w(region == 1, b, cc)) for a, b, cc in zip(v0, v1, v2))
+        for v0, v1, v2 in zip(r0, r1, r2)
+    )
+    return region, ext
+
+
+def _noise3(x, y, z, batch, perm, grad_index):
+    """Legacy OpenSimplex noise3 at float64 points; ``batch`` picks each point's tables."""
+    stretch = (x + y + z) * STRETCH_3D
+    xsb, ysb, zsb = torch.floor(x + stretch), torch.floor(y + stretch), torch.floor(z + stretch)
+    squish = (xsb + ysb + zsb) * SQUISH_3D
+    dx0, dy0, dz0 = x - (xsb + squish), y - (ysb + squish), z - (zsb + squish)
+    xins, yins, zins = x + stretch - xsb, y + stretch - ysb, z + stretch - zsb
+    region, ext = _corner_offsets(xins, yins, zins)
+    xsb, ysb, zsb = xsb.long(), ysb.long(), zsb.long()
+    gradients = torch.tensor(GRADIENTS_3D, dtype=x.dtype, device=x.device).reshape(-1)
+    base = batch * 256
+
+    def contribution(i, j, k):
+        s = (i + j + k) * SQUISH_3D
+        dx, dy, dz = dx0 - i - s, dy0 - j - s, dz0 - k - s
+        attn = (2 - dx * dx - dy * dy - dz * dz).clamp_min(0)
+        hashed = perm[base + ((xsb + i) & 255)]
+        hashed = perm[base + ((hashed + ysb + j) & 255)]
+        g = grad_index[base + ((hashed + zsb + k) & 255)]
+        ramp = gradients[g] * dx + gradients[g + 1] * dy + gradients[g + 2] * dz
+        return attn.square().square() * ramp
+
+    value = torch.zeros_like(x)
+    for i, j, k in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)):
+        n = i + j + k
+        used = {0: region == 0, 1: region != 1, 2: region != 0, 3: region == 1}[n]
+        value = value + torch.where(used, contribution(i, j, k), 0.0)
+    for i, j, k in ext:
+        value = value + contribution(i, j, k)
+    return value / NORM_3D
+
+
+def simplex_noise3d(
+    shape: Sequence[int],
+    seeds: torch.Tensor,
+    octaves: int = 6,
+    persistence: float = 0.6,
+    frequency: float = 32.0,
+) -> torch.Tensor:
+    """Fractal 3-D OpenSimplex noise, float32 (B, C, H, W) on ``seeds.device``.
+
+    ``noise[b, c, y, x] = sum_{o < octaves} persistence**o *
+    OpenSimplex(seeds[b]).noise3(x * 2**o / frequency, y * 2**o / frequency,
+    c * 2**o / frequency)``, evaluated in float64.
+
+    Args:
+        shape: (B, C, H, W).
+        seeds: int64 (B,), any int64 value (negative and > 2**32 included).
+    """
+    b, c, h, w = (int(n) for n in shape)
+    seeds = seeds.reshape(-1)
+    if seeds.numel() != b:
+        raise ValueError(f"simplex_noise3d: got {seeds.numel()} seeds for a batch of {b}")
+    device = seeds.device
+    perm, grad_index = (t.reshape(-1) for t in simplex_permutations(seeds))
+    f64 = torch.float64
+    batch = torch.arange(b, device=device).view(b, 1, 1, 1).expand(b, c, h, w)
+    zc = torch.arange(c, device=device, dtype=f64).view(1, c, 1, 1).expand(b, c, h, w)
+    yc = torch.arange(h, device=device, dtype=f64).view(1, 1, h, 1).expand(b, c, h, w)
+    xc = torch.arange(w, device=device, dtype=f64).view(1, 1, 1, w).expand(b, c, h, w)
+    total = torch.zeros((b, c, h, w), dtype=f64, device=device)
+    for o in range(octaves):
+        scale = 2.0**o / frequency
+        total += persistence**o * _noise3(xc * scale, yc * scale, zc * scale, batch, perm, grad_index)
+    return total.float()

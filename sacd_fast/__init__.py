@@ -1,0 +1,7 @@
+"""sacd_fast: SACD industrial anomaly detection, standard and fast."""
+
+from .model import SACD, Prediction, normalize
+from .synthesis import synthesize
+
+__all__ = ["SACD", "Prediction", "normalize", "synthesize"]
+__version__ = "0.1.0"

@@ -1,0 +1,158 @@
+"""The SACD model: teacher, OCBE, student decoder, FeaCali, loss and inference.
+
+    normal branch:   x  -> T -> OCBE -> S            gives t_k and s_k
+    abnormal branch: x' -> T -> OCBE -> S -> FeaCali gives s'_k calibrated
+    inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)), upsampled, summed,
+                     Gaussian sigma 4; score = max of the map
+
+Inputs are ImageNet-normalised (B, 3, H, W) with H and W multiples of 32.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import kernels
+from .blocks import BasicBlock, Bottleneck
+from .bottleneck import OCBE
+from .checkpoint import load_checkpoint
+from .decoder import Decoder
+from .feacali import FeaCali
+from .loss import sacd_loss
+from .teacher import build_teacher
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Student shape per backbone: residual block, OCBE blocks, decoder stage depths, width_per_group.
+STUDENTS = {
+    "wide_resnet50_2": (Bottleneck, 3, (3, 4, 6), 128),
+    "resnet18": (BasicBlock, 2, (2, 2, 2), 64),
+    "efficientnet_lite0": (BasicBlock, 2, (2, 2, 2), 64),
+}
+
+
+def normalize(x01: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of (B, 3, H, W) images in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+@dataclass
+class Prediction:
+    """``scores``: float32 (B,) image anomaly scores; ``maps``: float32 (B, H, W)."""
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+
+
+class SACD(nn.Module):
+    """Synthetic-Anomaly Contrastive Distillation.
+
+    Args:
+        backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
+        teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
+        image_size: the training/inference side length (a multiple of 32).
+        feacali_layers: how many times FeaCali halves the channels (L, default 2).
+        lambda_intra: weight of L_intra.
+        sigma: Gaussian sigma of the anomaly map.
+
+    Example:
+        >>> model = SACD("resnet18", teacher_weights=None, image_size=64)  # doctest: +SKIP
+        >>> out = model.predict(torch.randn(2, 3, 64, 64))                  # doctest: +SKIP
+        >>> out.scores.shape, out.maps.shape
+        (torch.Size([2]), torch.Size([2, 64, 64]))
+    """
+
+    def __init__(self, backbone: str = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
+                 feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0):
+        super().__init__()
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        self.config = dict(backbone=backbone, image_size=image_size, feacali_layers=feacali_layers,
+                           lambda_intra=lambda_intra, sigma=sigma)
+        self.teacher = build_teacher(backbone, teacher_weights)
+        block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[backbone]
+        channels = self.teacher.channels
+        self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
+        self.decoder = Decoder(channels, block, decoder_layers, width_per_group)
+        self.feacali = nn.ModuleList(FeaCali(c, feacali_layers) for c in channels)
+
+    def train(self, mode: bool = True) -> "SACD":
+        super().train(mode)
+        self.teacher.train(False)
+        return self
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """OCBE + decoder parameters (trained by L_kd)."""
+        return list(self.ocbe.parameters()) + list(self.decoder.parameters())
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise ValueError unless ``x`` is a finite float (B, 3, H, W) batch, H and W multiples of 32."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name}: expected an ImageNet-normalised (B, 3, H, W) float tensor, got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name}: expected a float tensor, got {x.dtype}")
+        if x.shape[2] % 32 or x.shape[3] % 32:
+            raise ValueError(f"{name}: H and W must be multiples of 32, got {x.shape[2]}x{x.shape[3]}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or infinite values")
+
+    def encode_decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features t_k (no grad) and raw student features s_k."""
+        with torch.no_grad():
+            t = self.teacher(x)
+        return t, self.decoder(self.ocbe(t))
+
+    def training_losses(self, x: torch.Tensor, x_synth: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for a normal batch ``x`` and its corrupted copy ``x_synth``
+        (both ImageNet-normalised). L_intra trains FeaCali only: the abnormal
+        branch's shared teacher/OCBE/decoder run without gradient."""
+        self.check_input(x, "x")
+        self.check_input(x_synth, "x_synth")
+        if x.shape != x_synth.shape:
+            raise ValueError(f"x {tuple(x.shape)} and x_synth {tuple(x_synth.shape)} differ in shape")
+        t, s = self.encode_decode(x)
+        with torch.no_grad():
+            _, s_abnormal = self.encode_decode(x_synth)
+        calibrated = [f(sa) for f, sa in zip(self.feacali, s_abnormal)]
+        return sacd_loss(t, s, calibrated, self.config["lambda_intra"])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> Prediction:
+        """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
+        self.check_input(x)
+        was_training = self.training
+        self.eval()
+        try:
+            t, s = self.encode_decode(x)
+            calibrated = [f(si) for f, si in zip(self.feacali, s)]
+            maps = kernels.cosine_anomaly_map(t, calibrated, size=x.shape[-2:], sigma=self.config["sigma"])
+        finally:
+            self.train(was_training)
+        maps = maps.float()
+        return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> "SACD":
+        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.train`."""
+        payload = load_checkpoint(path, map_location)
+        config = payload["config"]
+        unknown = set(config) - set(inspect.signature(cls).parameters)
+        if unknown:
+            raise ValueError(f"checkpoint {path}: unknown config keys {sorted(unknown)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the teacher's weights come from the checkpoint
+            model = cls(**config)
+        try:
+            model.load_state_dict(payload["state_dict"], strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {path} does not match SACD({config}): {e}") from e
+        return model.eval()

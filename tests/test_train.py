@@ -1,0 +1,95 @@
+"""Training loop, atomic checkpoints and exact resume."""
+
+import os
+
+import pytest
+import torch
+from conftest import random_teacher_model
+from torch.utils.data import Dataset
+
+from sacd_fast import SACD
+from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
+from sacd_fast.train import TrainSettings, fit
+
+SETTINGS = TrainSettings(epochs=2, batch_size=3, seed=3)
+
+
+class Images(Dataset):
+    """Random images; raises KeyboardInterrupt at the ``fail_at``-th read."""
+
+    def __init__(self, n=7, size=64, fail_at=None):
+        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+        self.fail_at, self.reads = fail_at, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise KeyboardInterrupt
+        return {"image": self.images[i]}
+
+
+def fresh_model():
+    torch.manual_seed(11)
+    return random_teacher_model("resnet18", 64)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    straight = fresh_model()
+    history = fit(straight, Images(), SETTINGS, checkpoint=tmp_path / "a.pt", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["total"] < history[0]["total"]
+
+    interrupted = fresh_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, Images(fail_at=10), SETTINGS, checkpoint=tmp_path / "b.pt", progress=False)
+    assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
+    resumed = fresh_model()
+    resumed_history = fit(resumed, Images(), SETTINGS, checkpoint=tmp_path / "b.pt", progress=False)
+    assert resumed_history == history
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.pt"]  # no temporary files left
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    fit(fresh_model(), Images(), TrainSettings(epochs=1, batch_size=4), checkpoint=tmp_path / "m.pt",
+        progress=False)
+    other = random_teacher_model("resnet18", 64, lambda_intra=0.5)
+    with pytest.raises(ValueError, match="lambda_intra: checkpoint 0.2 != requested 0.5"):
+        fit(other, Images(), TrainSettings(epochs=2, batch_size=4), checkpoint=tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="lr: checkpoint 0.005 != requested 0.001"):
+        fit(fresh_model(), Images(), TrainSettings(epochs=2, batch_size=4, lr=0.001),
+            checkpoint=tmp_path / "m.pt")
+
+
+def test_from_checkpoint_restores_predictions(tmp_path):
+    model = fresh_model()
+    fit(model, Images(), TrainSettings(epochs=1, batch_size=4), checkpoint=tmp_path / "m.pt", progress=False)
+    restored = SACD.from_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.predict(x).maps, restored.predict(x).maps)
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        SACD.from_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable checkpoint"):
+        SACD.from_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a sacd_fast checkpoint"):
+        SACD.from_checkpoint(tmp_path / "other.pt")
+    model = fresh_model()
+    state = model.state_dict()
+    state.pop("decoder.layer1.0.bn1.weight")
+    save_checkpoint({"config": model.config, "state_dict": state}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"decoder\.layer1\.0\.bn1\.weight"):
+        SACD.from_checkpoint(tmp_path / "partial.pt")
+
+
+def test_empty_training_set_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        fit(fresh_model(), Images(n=0), SETTINGS)
