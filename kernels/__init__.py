@@ -1,9 +1,80 @@
 """Compute kernels of sacd_fast (installed as ``sacd_fast.kernels``).
 
 The public functions below are what the model calls. Their meaning is fixed by
-the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`.
+the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`; the Triton
+kernels behind them must reproduce it.
+
+One dispatch rule, here and nowhere else: a Triton kernel runs when Triton is
+importable, ``SACD_DISABLE_TRITON`` is not ``1``, and either every tensor is on
+CUDA or ``TRITON_INTERPRET=1`` (the Triton interpreter, on the CPU). Otherwise
+the reference runs.
 """
 
-from .reference import conv_in_lrelu, cosine_anomaly_map, simplex_noise3d
+from __future__ import annotations
 
-__all__ = ["conv_in_lrelu", "cosine_anomaly_map", "simplex_noise3d"]
+import os
+from typing import Sequence
+
+import torch
+
+from . import reference
+from .reference import conv_in_lrelu
+
+try:
+    from . import anomaly_map as _anomaly_map
+    from . import simplex as _simplex
+except ImportError:  # Triton is not installed: the references serve
+    _anomaly_map = _simplex = None
+
+__all__ = ["conv_in_lrelu", "cosine_anomaly_map", "simplex_noise3d", "synthesize_patches", "use_triton"]
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """The dispatch rule (see the module docstring)."""
+    if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1":
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return all(t.is_cuda for t in tensors)
+
+
+def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: Sequence[int],
+                       sigma: float = 4.0, mode: str = "add") -> torch.Tensor:
+    """Multi-scale cosine anomaly map, float32 (B, H, W).
+
+    Args:
+        teacher, student: sequences of (B, C_k, h_k, w_k) feature maps (fp32,
+            bf16 or fp16; contiguous or channels_last); channels are reduced in fp32.
+        size: output (H, W).
+        sigma: Gaussian sigma (scipy 'reflect' border, 2*int(4*sigma+0.5)+1 taps); 0 disables it.
+        mode: "add" sums the upsampled per-scale maps, "mul" multiplies them.
+    """
+    teacher, student = list(teacher), list(student)
+    reference.check_anomaly_map_args(teacher, student, size, mode)
+    if use_triton(*teacher, *student) and all(t.dtype != torch.float64 for t in teacher + student):
+        return _anomaly_map.cosine_anomaly_map_triton(teacher, student, size, sigma, mode)
+    return reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
+
+
+def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,
+                    frequency: float = 32.0) -> torch.Tensor:
+    """Fractal 3-D OpenSimplex noise, float32 (B, C, H, W) on ``seeds.device``: value for value
+    ``sum_o persistence**o * OpenSimplex(seeds[b]).noise3(x * 2**o / F, y * 2**o / F, c * 2**o / F)``."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"simplex_noise3d: shape must be (B, C, H, W) with positive sizes, got {shape}")
+    if seeds.dtype != torch.int64 or seeds.numel() != shape[0]:
+        raise ValueError(f"simplex_noise3d: seeds must be int64 with one per image ({shape[0]}), "
+                         f"got {seeds.dtype} with {seeds.numel()}")
+    if use_triton(seeds):
+        return _simplex.simplex_noise3d_triton(shape, seeds, octaves, persistence, frequency)
+    return reference.simplex_noise3d(shape, seeds, octaves, persistence, frequency)
+
+
+def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float,
+                       patch_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x01 + strength * noise`` inside each image's patch (noise in patch-local coordinates);
+    ``geometry`` int64 (B, 4) is (top, left, height, width). Returns the batch and (B, 1, H, W) masks."""
+    if use_triton(x01, seeds, geometry):
+        return _simplex.synthesize_triton(x01, seeds, geometry, strength)
+    return reference.synthesize_patches(x01, seeds, geometry, strength, patch_shape)

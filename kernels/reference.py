@@ -69,6 +69,29 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv1d(cols.reshape(b * w, 1, -1), kernel).view(b, w, h).transpose(1, 2).contiguous()
 
 
+def check_anomaly_map_args(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
+                           size: Sequence[int], mode: str) -> None:
+    """ValueError naming the first problem with the anomaly-map arguments."""
+    if len(teacher) != len(student) or len(teacher) == 0:
+        raise ValueError(f"cosine_anomaly_map: {len(teacher)} teacher and {len(student)} student feature maps; "
+                         "expected the same number, at least one")
+    if mode not in ("add", "mul"):
+        raise ValueError(f"cosine_anomaly_map: mode must be 'add' or 'mul', got {mode!r}")
+    if len(size) != 2 or min(int(s) for s in size) < 1:
+        raise ValueError(f"cosine_anomaly_map: size must be (H, W) with H, W >= 1, got {tuple(size)}")
+    device, batch = teacher[0].device, teacher[0].shape[0] if teacher[0].dim() == 4 else None
+    for k, (t, s) in enumerate(zip(teacher, student)):
+        if t.dim() != 4 or t.shape != s.shape:
+            raise ValueError(f"cosine_anomaly_map: scale {k}: teacher {tuple(t.shape)} and student "
+                             f"{tuple(s.shape)} must be equal (B, C, h, w) shapes")
+        if t.shape[0] != batch or t.shape[0] < 1:
+            raise ValueError(f"cosine_anomaly_map: scale {k} has batch {t.shape[0]}, scale 0 has {batch}")
+        if t.device != device or s.device != device:
+            raise ValueError(f"cosine_anomaly_map: scale {k} is on {t.device}/{s.device}, scale 0 on {device}")
+        if not (t.is_floating_point() and s.is_floating_point()):
+            raise ValueError(f"cosine_anomaly_map: scale {k} has dtypes {t.dtype}/{s.dtype}; expected floats")
+
+
 def cosine_anomaly_map(
     teacher: Sequence[torch.Tensor],
     student: Sequence[torch.Tensor],
@@ -313,3 +336,26 @@ def simplex_noise3d(
         scale = 2.0**o / frequency
         total += persistence**o * _noise3(xc * scale, yc * scale, zc * scale, batch, perm, grad_index)
     return total.float()
+
+
+def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float,
+                       patch_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add ``strength * noise`` (6-octave simplex noise in patch-local coordinates)
+    inside each image's patch; ``geometry`` int64 (B, 4) is (top, left, height,
+    width) and ``patch_shape`` bounds the patch sides. Returns the batch and
+    float masks (B, 1, H, W)."""
+    b, c, height, width = x01.shape
+    top, left, h, w = geometry.unbind(1)
+    noise = simplex_noise3d((b, c, *patch_shape), seeds)
+    rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
+    cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
+    inside_rows = (rows >= 0) & (rows < h.view(b, 1))
+    inside_cols = (cols >= 0) & (cols < w.view(b, 1))
+    masks = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # (B, 1, H, W)
+    rows = rows.clamp(0, noise.shape[2] - 1)
+    cols = cols.clamp(0, noise.shape[3] - 1)
+    placed = noise[torch.arange(b, device=x01.device).view(b, 1, 1, 1),
+                   torch.arange(c, device=x01.device).view(1, c, 1, 1),
+                   rows.view(b, 1, height, 1), cols.view(b, 1, 1, width)]
+    x_synth = x01 + strength * placed.to(x01.dtype) * masks
+    return x_synth, masks.to(x01.dtype)

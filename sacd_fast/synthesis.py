@@ -65,23 +65,12 @@ def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,
     """
     if x01.dim() != 4:
         raise ValueError(f"synthesize expects (B, C, H, W) images, got shape {tuple(x01.shape)}")
-    b, c, height, width = x01.shape
+    b, _, height, width = x01.shape
     if seeds is None:
         seeds = torch.randint(-(2**63), 2**63 - 1, (b,), generator=generator, dtype=torch.int64)
     seeds = seeds.to(device=x01.device, dtype=torch.int64).reshape(-1)
     if seeds.numel() != b:
         raise ValueError(f"synthesize: {seeds.numel()} seeds for a batch of {b}")
-    top, left, h, w = patch_geometry(seeds, height, width).unbind(1)
-    noise = kernels.simplex_noise3d((b, c, patch_bounds(height)[1], patch_bounds(width)[1]), seeds)
-    rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
-    cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
-    inside_rows = (rows >= 0) & (rows < h.view(b, 1))
-    inside_cols = (cols >= 0) & (cols < w.view(b, 1))
-    masks = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # (B, 1, H, W)
-    rows = rows.clamp(0, noise.shape[2] - 1)
-    cols = cols.clamp(0, noise.shape[3] - 1)
-    placed = noise[torch.arange(b, device=x01.device).view(b, 1, 1, 1),
-                   torch.arange(c, device=x01.device).view(1, c, 1, 1),
-                   rows.view(b, 1, height, 1), cols.view(b, 1, 1, width)]
-    x_synth = x01 + strength * placed.to(x01.dtype) * masks
-    return x_synth, masks.to(x01.dtype)
+    geometry = patch_geometry(seeds, height, width)
+    return kernels.synthesize_patches(x01, seeds, geometry, strength,
+                                      (patch_bounds(height)[1], patch_bounds(width)[1]))

@@ -126,7 +126,7 @@ def test_bundled_lite0_weights_classify_a_real_photo():
         x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
         x = (x * 255 - 127) / 128
         with torch.no_grad():
-            h = teacher(x)[-1]
+            h = teacher.stages(x)[-1]
             for block in tail["_blocks"]:
                 h = block(h)
             return head(h).softmax(1)[0]

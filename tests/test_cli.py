@@ -1,0 +1,71 @@
+"""The sacd-fast command line, end to end on generated data."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from sacd_fast.cli import main
+from sacd_fast.synthdata import DEFECTS, write_dataset
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root, "disc", seed=1, n_train=12, n_test_good=3, n_per_defect=1, progress=False)
+    return root
+
+
+def test_synth_data_layout(small_data):
+    folder = small_data / "disc"
+    assert len(list((folder / "train" / "good").glob("*.png"))) == 12
+    for defect in DEFECTS:
+        (image,) = (folder / "test" / defect).glob("*.png")
+        mask = Image.open(folder / "ground_truth" / defect / f"{image.stem}_mask.png")
+        assert mask.size == Image.open(image).size and mask.getextrema() == (0, 255)
+
+
+def test_train_eval_predict(small_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", str(small_data), "--category", "disc", "--device", "cpu", "--batch-size", "4"]
+    assert main(["train", *common, "--out", str(out), "--backbone", "efficientnet_lite0",
+                 "--epochs", "2", "--image-size", "64"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+    assert main(["eval", *common, "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "pro", "f1_max"):
+        assert 0.0 <= report[key] <= 1.0, key
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "scores.csv")))
+    assert len(rows) == 3 + len(DEFECTS) and {r["defect"] for r in rows} == {"good", *DEFECTS}
+    heatmaps = sorted((tmp_path / "eval" / "heatmaps").glob("*.png"))
+    assert len(heatmaps) == len(rows)
+    assert Image.open(heatmaps[0]).size == (3 * 64, 64 + 24)
+
+    images = small_data / "disc" / "test" / "scratch"
+    single = small_data / "disc" / "test" / "good" / "000.png"
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "pred"),
+                 "--device", "cpu", str(images), str(single)]) == 0
+    scores = json.loads((tmp_path / "pred" / "scores.json").read_text())
+    assert len(scores["images"]) == 2 and all(r["score"] > 0 for r in scores["images"])
+    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--data", "/no/such/root", "--out", "x"], "dataset root not found: /no/such/root"),
+    (["eval", "--checkpoint", "/no/model.pt", "--data", ".", "--out", "x"], "checkpoint not found"),
+    (["predict", "--checkpoint", "/no/model.pt", "--out", "x", "a.png"], "checkpoint not found"),
+])
+def test_errors_exit_non_zero_with_one_line(argv, message, tmp_path, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("sacd-fast ")
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "sacd_fast", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--teacher-weights" in result.stdout and "held out" in result.stdout
