@@ -1,0 +1,63 @@
+"""Simplex noise and anomaly synthesis: the opensimplex package on one CPU
+core vs the PyTorch reference vs the Triton kernel (noise values per second),
+and a training step with and without synthesis in the loop."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICE, ON_GPU
+
+from sacd_fast import SACD, normalize, synthesize
+from sacd_fast.kernels import reference
+from sacd_fast.train import TrainSettings, build_optimizer
+
+PATCH = (3, 31, 31)  # one training image's noise patch at 256²
+BATCH = 16
+
+
+@pytest.mark.parametrize("provider", ["opensimplex", "reference", "fast"])
+def test_noise(timed, provider):
+    seeds = torch.arange(BATCH, device=DEVICE)
+    if provider == "opensimplex":
+        from opensimplex import OpenSimplex
+
+        noise = OpenSimplex(0)
+        grid = np.arange(31, dtype=np.float64)
+
+        def fn():  # one patch, 6 octaves, with the package's own array API
+            for o in range(6):
+                s = 2.0**o / 32
+                noise.noise3array(grid * s, grid * s, np.arange(3, dtype=np.float64) * s)
+
+        timed(fn, items=int(np.prod(PATCH)), rounds=3)
+        return
+    if provider == "fast":
+        if not ON_GPU:
+            pytest.skip("the Triton kernels need a GPU")
+        from sacd_fast.kernels.simplex import simplex_noise3d_triton as noise_fn
+    else:
+        noise_fn = reference.simplex_noise3d
+    timed(lambda: noise_fn((BATCH, *PATCH), seeds), items=BATCH * int(np.prod(PATCH)))
+
+
+@pytest.mark.parametrize("synthesis", [False, True])
+def test_training_step(timed, synthesis):
+    size, batch, backbone = (256, 16, "wide_resnet50_2") if ON_GPU else (128, 4, "efficientnet_lite0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SACD(backbone, teacher_weights=None, image_size=size).to(DEVICE).train()
+    optimizer = build_optimizer(model, TrainSettings())
+    x01 = torch.rand(batch, 3, size, size, device=DEVICE)
+    x_synth = x01.clone()
+    seeds = torch.arange(batch, device=DEVICE)
+
+    def step():
+        corrupted = synthesize(x01, seeds)[0] if synthesis else x_synth
+        losses = model.training_losses(normalize(x01), normalize(corrupted))
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+
+    timed(step, items=batch, rounds=5)

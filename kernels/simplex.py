@@ -1,0 +1,313 @@
+"""Triton kernels for OpenSimplex noise and anomaly synthesis (SACD.md,
+"Anomaly synthesis").
+
+* ``_permutation_kernel``: opensimplex's seeded permutation tables, one
+  program per seed; the 256-step shuffle runs on a register vector, with the
+  64-bit LCG wrapping like C.
+* ``_noise_field_kernel``: fractal noise on a (B, C, H, W) grid, as the
+  reference :func:`sacd_fast.kernels.reference.simplex_noise3d`.
+* ``_synthesize_kernel``: one launch for the whole batch. It copies every
+  image, adds ``strength * noise`` inside each image's patch (noise in
+  patch-local coordinates) and writes the masks. A tile that misses its
+  image's patch only copies.
+
+The noise is evaluated in float64, as opensimplex does, so that it matches the
+package to 1e-5 at every octave; the field is stored in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import GRADIENTS_3D
+
+
+@triton.jit
+def _lcg(state):
+    return state * 6364136223846793005 + 1442695040888963407
+
+
+@triton.jit
+def _permutation_kernel(seeds_ptr, perm_ptr, grad_index_ptr):
+    i_b = tl.program_id(0).to(tl.int64)
+    o = tl.arange(0, 256)
+    state = tl.load(seeds_ptr + i_b)
+    source = o.to(tl.int64)
+    perm = tl.zeros([256], dtype=tl.int64)
+    for _ in range(3):
+        state = _lcg(state)
+    for k in range(256):
+        i = 255 - k
+        state = _lcg(state)
+        r = state % (i + 1)
+        r = tl.where(r < 0, r + i + 1, r)
+        r = (r + 31) % (i + 1)
+        picked = tl.sum(tl.where(o == r, source, 0))
+        last = tl.sum(tl.where(o == i, source, 0))
+        perm = tl.where(o == i, picked, perm)
+        source = tl.where(o == r, last, source)
+    tl.store(perm_ptr + i_b * 256 + o, perm.to(tl.int32))
+    tl.store(grad_index_ptr + i_b * 256 + o, ((perm % 24) * 3).to(tl.int32))
+
+
+@triton.jit
+def _contribution(dx0, dy0, dz0, xsb, ysb, zsb, i, j, k, p_perm, p_grad, p_vectors):
+    s = (i + j + k).to(tl.float64) * (1.0 / 3.0)
+    dx = dx0 - i.to(tl.float64) - s
+    dy = dy0 - j.to(tl.float64) - s
+    dz = dz0 - k.to(tl.float64) - s
+    attn = tl.maximum(2.0 - dx * dx - dy * dy - dz * dz, 0.0)
+    h = tl.load(p_perm + ((xsb + i) & 255))
+    h = tl.load(p_perm + ((h + ysb + j) & 255))
+    g = tl.load(p_grad + ((h + zsb + k) & 255))
+    ramp = tl.load(p_vectors + g) * dx + tl.load(p_vectors + g + 1) * dy + tl.load(p_vectors + g + 2) * dz
+    attn = attn * attn
+    return attn * attn * ramp
+
+
+@triton.jit
+def _noise3(x, y, z, p_perm, p_grad, p_vectors):
+    """Legacy OpenSimplex noise3 (opensimplex's branch tree with tl.where)."""
+    stretch = (x + y + z) * (-1.0 / 6.0)
+    xsf = tl.floor(x + stretch)
+    ysf = tl.floor(y + stretch)
+    zsf = tl.floor(z + stretch)
+    squish = (xsf + ysf + zsf) * (1.0 / 3.0)
+    dx0 = x - (xsf + squish)
+    dy0 = y - (ysf + squish)
+    dz0 = z - (zsf + squish)
+    xins = x + stretch - xsf
+    yins = y + stretch - ysf
+    zins = z + stretch - zsf
+    xsb = xsf.to(tl.int32)
+    ysb = ysf.to(tl.int32)
+    zsb = zsf.to(tl.int32)
+    in_sum = xins + yins + zins
+    zero = tl.zeros(x.shape, dtype=tl.int32)
+
+    # Region 0 (tetrahedron at the origin): the closest two of (1,0,0), (0,1,0), (0,0,1).
+    a_s = xins
+    b_s = yins
+    a_p = zero + 1
+    b_p = zero + 2
+    up_b = (a_s >= b_s) & (zins > b_s)
+    up_a = (a_s < b_s) & (zins > a_s)
+    b_s = tl.where(up_b, zins, b_s)
+    b_p = tl.where(up_b, 4, b_p)
+    a_s = tl.where(up_a, zins, a_s)
+    a_p = tl.where(up_a, 4, a_p)
+    near = ((1 - in_sum) > a_s) | ((1 - in_sum) > b_s)
+    c = tl.where(b_s > a_s, b_p, a_p)
+    cx = (c & 1) != 0
+    cy = (c & 2) != 0
+    cz = (c & 4) != 0
+    d = a_p | b_p
+    dx_ = (d & 1) != 0
+    dy_ = (d & 2) != 0
+    dz_ = (d & 4) != 0
+    r0x0 = tl.where(near, tl.where(cx, 1, -1), tl.where(dx_, 1, 0))
+    r0y0 = tl.where(near, tl.where(cy, 1, tl.where(cx, -1, 0)), tl.where(dy_, 1, 0))
+    r0z0 = tl.where(near, tl.where(cz, 1, 0), tl.where(dz_, 1, 0))
+    r0x1 = tl.where(near, tl.where(cx, 1, 0), tl.where(dx_, 1, -1))
+    r0y1 = tl.where(near, tl.where(cy, 1, tl.where(cx, 0, -1)), tl.where(dy_, 1, -1))
+    r0z1 = tl.where(near, tl.where(cz, 1, -1), tl.where(dz_, 1, -1))
+
+    # Region 1 (tetrahedron at (1,1,1)): the closest two of (1,1,0), (1,0,1), (0,1,1).
+    a_s = xins
+    b_s = yins
+    a_p = zero + 6
+    b_p = zero + 5
+    up_b = (a_s <= b_s) & (zins < b_s)
+    up_a = (a_s > b_s) & (zins < a_s)
+    b_s = tl.where(up_b, zins, b_s)
+    b_p = tl.where(up_b, 3, b_p)
+    a_s = tl.where(up_a, zins, a_s)
+    a_p = tl.where(up_a, 3, a_p)
+    near = ((3 - in_sum) < a_s) | ((3 - in_sum) < b_s)
+    c = tl.where(b_s < a_s, b_p, a_p)
+    cx = (c & 1) != 0
+    cy = (c & 2) != 0
+    cz = (c & 4) != 0
+    d = a_p & b_p
+    dx_ = (d & 1) != 0
+    dy_ = (d & 2) != 0
+    dz_ = (d & 4) != 0
+    r1x0 = tl.where(near, tl.where(cx, 2, 0), tl.where(dx_, 1, 0))
+    r1y0 = tl.where(near, tl.where(cy, tl.where(cx, 1, 2), 0), tl.where(dy_, 1, 0))
+    r1z0 = tl.where(near, tl.where(cz, 1, 0), tl.where(dz_, 1, 0))
+    r1x1 = tl.where(near, tl.where(cx, 1, 0), tl.where(dx_, 2, 0))
+    r1y1 = tl.where(near, tl.where(cy, tl.where(cx, 2, 1), 0), tl.where(dy_, 2, 0))
+    r1z1 = tl.where(near, tl.where(cz, 2, 0), tl.where(dz_, 2, 0))
+
+    # Region 2 (octahedron): closest of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1).
+    p1 = xins + yins
+    p2 = xins + zins
+    p3 = yins + zins
+    a_far = p1 > 1
+    b_far = p2 > 1
+    a_s = tl.where(a_far, p1 - 1, 1 - p1)
+    a_p = tl.where(a_far, 3, 4)
+    b_s = tl.where(b_far, p2 - 1, 1 - p2)
+    b_p = tl.where(b_far, 5, 2)
+    p3_far = p3 > 1
+    score = tl.where(p3_far, p3 - 1, 1 - p3)
+    p3_point = tl.where(p3_far, 6, 1)
+    swap_a = (a_s <= b_s) & (a_s < score)
+    swap_b = (a_s > b_s) & (b_s < score)
+    a_p = tl.where(swap_a, p3_point, a_p)
+    a_far = tl.where(swap_a, p3_far, a_far)
+    b_p = tl.where(swap_b, p3_point, b_p)
+    b_far = tl.where(swap_b, p3_far, b_far)
+    both_far = (a_far == b_far) & a_far
+    both_near = (a_far == b_far) & (a_far == 0)
+    c1 = tl.where(a_far, a_p, b_p)
+    c2 = tl.where(a_far, b_p, a_p)
+    # (1,1,-1) permutation: -1 on the first axis that m lacks; (0,0,2): 2 on the first axis that n has.
+    m = tl.where(both_near, a_p | b_p, c1)
+    mx = (m & 1) != 0
+    my = (m & 2) != 0
+    n = tl.where(both_far, a_p & b_p, c2)
+    nx = (n & 1) != 0
+    ny = (n & 2) != 0
+    r2x0 = tl.where(both_far, 1, tl.where(both_near, 0, tl.where(mx, 1, -1)))
+    r2y0 = tl.where(both_far, 1, tl.where(both_near, 0, tl.where(mx & ~my, -1, 1)))
+    r2z0 = tl.where(both_far, 1, tl.where(both_near, 0, tl.where(mx & my, -1, 1)))
+    r2x1 = tl.where(both_near, tl.where(mx, 1, -1), tl.where(nx, 2, 0))
+    r2y1 = tl.where(both_near, tl.where(mx & ~my, -1, 1), tl.where(~nx & ny, 2, 0))
+    r2z1 = tl.where(both_near, tl.where(mx & my, -1, 1), tl.where(~nx & ~ny, 2, 0))
+
+    region0 = in_sum <= 1
+    region1 = in_sum >= 2
+    e0x = tl.where(region0, r0x0, tl.where(region1, r1x0, r2x0))
+    e0y = tl.where(region0, r0y0, tl.where(region1, r1y0, r2y0))
+    e0z = tl.where(region0, r0z0, tl.where(region1, r1z0, r2z0))
+    e1x = tl.where(region0, r0x1, tl.where(region1, r1x1, r2x1))
+    e1y = tl.where(region0, r0y1, tl.where(region1, r1y1, r2y1))
+    e1z = tl.where(region0, r0z1, tl.where(region1, r1z1, r2z1))
+
+    one = zero + 1
+    value = _contribution(dx0, dy0, dz0, xsb, ysb, zsb, e0x, e0y, e0z, p_perm, p_grad, p_vectors)
+    value += _contribution(dx0, dy0, dz0, xsb, ysb, zsb, e1x, e1y, e1z, p_perm, p_grad, p_vectors)
+    # Cube corners: region 0 uses sums 0 and 1, region 1 sums 2 and 3, region 2 sums 1 and 2.
+    value += tl.where(region0, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, zero, zero, zero,
+                                             p_perm, p_grad, p_vectors), 0.0)
+    value += tl.where(region1, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, one, one,
+                                             p_perm, p_grad, p_vectors), 0.0)
+    low = ~region1
+    value += tl.where(low, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, zero, zero, p_perm, p_grad, p_vectors), 0.0)
+    value += tl.where(low, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, zero, one, zero, p_perm, p_grad, p_vectors), 0.0)
+    value += tl.where(low, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, zero, zero, one, p_perm, p_grad, p_vectors), 0.0)
+    high = ~region0
+    value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, one, zero, p_perm, p_grad, p_vectors), 0.0)
+    value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, zero, one, p_perm, p_grad, p_vectors), 0.0)
+    value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, zero, one, one, p_perm, p_grad, p_vectors), 0.0)
+    return value / 103.0
+
+
+@triton.jit
+def _fractal(x, y, z, p_perm, p_grad, p_vectors, persistence, inv_frequency, OCTAVES: tl.constexpr):
+    total = tl.zeros(x.shape, dtype=tl.float64)
+    amplitude = 1.0
+    scale = inv_frequency
+    for _ in tl.static_range(OCTAVES):
+        total += amplitude * _noise3(x * scale, y * scale, z * scale, p_perm, p_grad, p_vectors)
+        amplitude *= persistence
+        scale *= 2.0
+    return total
+
+
+@triton.jit
+def _noise_field_kernel(perm_ptr, grad_index_ptr, vectors_ptr, params_ptr, out_ptr, C, H, W,
+                        OCTAVES: tl.constexpr, BLOCK: tl.constexpr):
+    i_o, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o = i_o * BLOCK + tl.arange(0, BLOCK)
+    m = o < C * H * W
+    z = (o // (H * W)).to(tl.float64)
+    y = ((o // W) % H).to(tl.float64)
+    x = (o % W).to(tl.float64)
+    noise = _fractal(x, y, z, perm_ptr + i_b * 256, grad_index_ptr + i_b * 256, vectors_ptr,
+                     tl.load(params_ptr), tl.load(params_ptr + 1), OCTAVES)
+    tl.store(out_ptr + i_b * C * H * W + o, noise.to(tl.float32), mask=m)
+
+
+@triton.jit
+def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, geometry_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
+                       C, H, W, strength,
+                       OCTAVES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    i_x, i_y, i_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b = i_bc // C
+    i_c = i_bc % C
+    top = tl.load(geometry_ptr + i_b * 4).to(tl.int32)
+    left = tl.load(geometry_ptr + i_b * 4 + 1).to(tl.int32)
+    height = tl.load(geometry_ptr + i_b * 4 + 2).to(tl.int32)
+    width = tl.load(geometry_ptr + i_b * 4 + 3).to(tl.int32)
+    o_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
+    o_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
+    m = (o_y < H)[:, None] & (o_x < W)[None, :]
+    offsets = o_y[:, None] * W + o_x[None, :]
+    b_x = tl.load(x_ptr + i_bc * H * W + offsets, mask=m, other=0.0).to(tl.float32)
+    l_y = o_y - top
+    l_x = o_x - left
+    inside = ((l_y >= 0) & (l_y < height))[:, None] & ((l_x >= 0) & (l_x < width))[None, :]
+    hits = (top < (i_y + 1) * BLOCK_Y) & (top + height > i_y * BLOCK_Y) & \
+        (left < (i_x + 1) * BLOCK_X) & (left + width > i_x * BLOCK_X)
+    if hits:
+        zeros = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float64)
+        noise = _fractal(zeros + l_x[None, :].to(tl.float64), zeros + l_y[:, None].to(tl.float64),
+                         zeros + i_c.to(tl.float64), perm_ptr + i_b * 256, grad_index_ptr + i_b * 256,
+                         vectors_ptr, tl.load(params_ptr), tl.load(params_ptr + 1), OCTAVES)
+        b_x = tl.where(inside, b_x + strength * noise.to(tl.float32), b_x)
+    tl.store(out_ptr + i_bc * H * W + offsets, b_x.to(out_ptr.dtype.element_ty), mask=m)
+    if i_c == 0:
+        tl.store(mask_ptr + i_b * H * W + offsets, tl.where(inside, 1.0, 0.0).to(mask_ptr.dtype.element_ty), mask=m)
+
+
+def _vectors(device) -> torch.Tensor:
+    return torch.tensor(GRADIENTS_3D, dtype=torch.float64, device=device).reshape(-1)
+
+
+def _params(persistence: float, frequency: float, device) -> torch.Tensor:
+    """float64 [persistence, 1 / frequency]: kernel float arguments would be rounded to float32."""
+    return torch.tensor([persistence, 1.0 / frequency], dtype=torch.float64, device=device)
+
+
+def simplex_permutations_triton(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``perm`` and ``perm_grad_index3`` tables, int32 (B, 256), on ``seeds.device``."""
+    seeds = seeds.to(torch.int64).reshape(-1).contiguous()
+    perm = torch.empty((seeds.numel(), 256), dtype=torch.int32, device=seeds.device)
+    grad_index = torch.empty_like(perm)
+    _permutation_kernel[(seeds.numel(),)](seeds, perm, grad_index)
+    return perm, grad_index
+
+
+def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,
+                           frequency: float = 32.0) -> torch.Tensor:
+    """Triton implementation of :func:`sacd_fast.kernels.reference.simplex_noise3d`."""
+    b, c, h, w = (int(v) for v in shape)
+    perm, grad_index = simplex_permutations_triton(seeds)
+    out = torch.empty((b, c, h, w), dtype=torch.float32, device=seeds.device)
+    block = min(triton.next_power_of_2(c * h * w), 256)
+    _noise_field_kernel[(triton.cdiv(c * h * w, block), b)](
+        perm, grad_index, _vectors(seeds.device), _params(persistence, frequency, seeds.device), out, c, h, w,
+        OCTAVES=octaves, BLOCK=block)
+    return out
+
+
+def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float = 0.2,
+                      octaves: int = 6, persistence: float = 0.6, frequency: float = 32.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt a contiguous (B, C, H, W) batch in one launch; ``geometry`` is int64 (B, 4)
+    (top, left, height, width) per image. Returns the batch and float masks (B, 1, H, W)."""
+    b, c, h, w = x01.shape
+    x01 = x01.contiguous()
+    perm, grad_index = simplex_permutations_triton(seeds)
+    out = torch.empty_like(x01)
+    masks = torch.empty((b, 1, h, w), dtype=x01.dtype, device=x01.device)
+    block_y, block_x = 16, min(triton.next_power_of_2(w), 32)
+    grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b * c)
+    _synthesize_kernel[grid](x01, out, masks, geometry.contiguous(), perm, grad_index, _vectors(x01.device),
+                             _params(persistence, frequency, x01.device), c, h, w, float(strength),
+                             OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)
+    return out, masks

@@ -1,0 +1,118 @@
+"""Parity of the Triton anomaly-map kernels with a float64 reference.
+
+On a CPU they run in the Triton interpreter (small shapes); the CUDA cases use
+the model's real feature shapes."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_cuda
+
+from sacd_fast import kernels
+from sacd_fast.kernels import reference
+
+anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map")
+
+# Max abs error of the float32 map against float64 on the same input values.
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-5, torch.bfloat16: 2e-5}
+
+SMALL_SHAPES = [  # (batch, [(C, h, w) per scale], output size)
+    (1, [(8, 4, 4)], (7, 9)),
+    (2, [(20, 6, 5), (33, 3, 3), (65, 2, 1)], (13, 11)),
+    (3, [(16, 8, 8), (32, 4, 4), (64, 2, 2)], (32, 32)),
+]
+WRN_SHAPES = [(256, 64, 64), (512, 32, 32), (1024, 16, 16)]
+LITE0_SHAPES = [(24, 64, 64), (40, 32, 32), (112, 16, 16)]
+
+
+def features(batch, shapes, dtype, channels_last, device="cpu"):
+    out = []
+    for c, h, w in shapes:
+        t = torch.randn(batch, c, h, w, device=device).to(dtype)
+        s = (t.float() + 0.7 * torch.randn_like(t.float())).to(dtype)
+        if channels_last:
+            t, s = t.to(memory_format=torch.channels_last), s.to(memory_format=torch.channels_last)
+        out.append((t, s))
+    return [t for t, _ in out], [s for _, s in out]
+
+
+def float64_reference(teacher, student, size, mode="add", sigma=4.0):
+    return reference.cosine_anomaly_map([t.double() for t in teacher], [s.double() for s in student],
+                                        size, sigma, mode)
+
+
+@pytest.mark.parametrize("batch,shapes,size", SMALL_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_anomaly_map_parity(batch, shapes, size, dtype, channels_last, mode, poison_outputs):
+    teacher, student = features(batch, shapes, dtype, channels_last)
+    out = anomaly_map.cosine_anomaly_map_triton(teacher, student, size, 4.0, mode)
+    expected = float64_reference(teacher, student, size, mode)
+    assert out.dtype == torch.float32 and out.shape == (batch, *size)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
+def test_gaussian_filter_equals_scipy(sigma, poison_outputs):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    maps = torch.rand(2, 9, 23)  # smaller than the 33 taps: reflection repeats
+    expected = np.stack([ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=4.0) if sigma else m
+                         for m in maps.double().numpy()])
+    np.testing.assert_allclose(reference.gaussian_blur(maps.double(), sigma).numpy(), expected, atol=1e-12)
+    if sigma:
+        np.testing.assert_allclose(anomaly_map.gaussian_blur_triton(maps, sigma).numpy(), expected, atol=1e-6)
+
+
+def test_dispatch_rule(monkeypatch):
+    teacher, student = features(2, [(8, 4, 4), (16, 2, 2)], torch.float32, False)
+    calls = []
+    monkeypatch.setattr(anomaly_map, "cosine_anomaly_map_triton",
+                        lambda *a: calls.append(a) or torch.zeros(2, 8, 8))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("SACD_DISABLE_TRITON", raising=False)
+    kernels.cosine_anomaly_map(teacher, student, (8, 8))
+    assert len(calls) == 1
+    monkeypatch.setenv("SACD_DISABLE_TRITON", "1")
+    kernels.cosine_anomaly_map(teacher, student, (8, 8))
+    monkeypatch.delenv("SACD_DISABLE_TRITON")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    kernels.cosine_anomaly_map(teacher, student, (8, 8))  # CPU tensors, no interpreter: reference
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("teacher,student,size,mode,match", [
+    ([torch.rand(1, 4, 2, 2)], [], (4, 4), "add", "same number"),
+    ([torch.rand(1, 4, 2, 2)], [torch.rand(1, 5, 2, 2)], (4, 4), "add", "equal"),
+    ([torch.rand(1, 4, 2, 2), torch.rand(2, 4, 2, 2)], [torch.rand(1, 4, 2, 2), torch.rand(2, 4, 2, 2)],
+     (4, 4), "add", "batch 2"),
+    ([torch.rand(1, 4, 2, 2)], [torch.rand(1, 4, 2, 2, device="meta")], (4, 4), "add", "meta"),
+    ([torch.rand(1, 4, 2, 2)], [torch.rand(1, 4, 2, 2)], (4, 4), "max", "mode"),
+    ([torch.rand(1, 4, 2, 2)], [torch.rand(1, 4, 2, 2)], (0, 4), "add", "size"),
+    ([torch.rand(4, 2, 2)], [torch.rand(4, 2, 2)], (4, 4), "add", "equal"),
+])
+def test_bad_arguments_fail_before_any_launch(teacher, student, size, mode, match, monkeypatch):
+    monkeypatch.delenv("SACD_DISABLE_TRITON", raising=False)
+    with pytest.raises(ValueError, match=match):
+        kernels.cosine_anomaly_map(teacher, student, size, mode=mode)
+
+
+def test_model_predict_through_the_kernel(monkeypatch):
+    from conftest import random_teacher_model
+
+    model = random_teacher_model("resnet18", 64)
+    x = torch.randn(1, 3, 64, 64)
+    expected = model.predict(x).maps
+    monkeypatch.delenv("SACD_DISABLE_TRITON", raising=False)
+    torch.testing.assert_close(model.predict(x).maps, expected, rtol=0, atol=2e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shapes", [WRN_SHAPES, LITE0_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_anomaly_map_parity_cuda(shapes, dtype, batch, poison_outputs):
+    teacher, student = features(batch, shapes, dtype, dtype == torch.bfloat16, device="cuda")
+    out = kernels.cosine_anomaly_map(teacher, student, (256, 256))
+    expected = float64_reference(teacher, student, (256, 256))
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)

@@ -1,0 +1,77 @@
+"""Parity of the Triton simplex-noise and synthesis kernels (interpreter on a
+CPU, small shapes; real sizes on CUDA)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_cuda
+from test_synthesis import SEEDS, opensimplex_field
+
+from sacd_fast import synthesize
+from sacd_fast.kernels import reference
+from sacd_fast.synthesis import patch_geometry
+
+simplex = pytest.importorskip("sacd_fast.kernels.simplex")
+
+
+def test_permutation_tables_match_opensimplex():
+    from opensimplex import OpenSimplex
+
+    perm, grad_index = simplex.simplex_permutations_triton(torch.tensor(SEEDS))
+    for b, seed in enumerate(SEEDS):
+        package = OpenSimplex(seed)
+        assert np.array_equal(perm[b].numpy(), package._perm)
+        assert np.array_equal(grad_index[b].numpy(), package._perm_grad_index3)
+
+
+def test_noise_matches_opensimplex(poison_outputs):
+    field = simplex.simplex_noise3d_triton((len(SEEDS), 2, 5, 7), torch.tensor(SEEDS))
+    for b, seed in enumerate(SEEDS):
+        np.testing.assert_allclose(field[b].numpy(), opensimplex_field(seed, 2, 5, 7), rtol=0, atol=1e-5)
+
+
+def test_noise_other_settings_match_the_reference(poison_outputs):
+    seeds = torch.tensor([3, -4])
+    field = simplex.simplex_noise3d_triton((2, 3, 6, 5), seeds, octaves=2, persistence=0.5, frequency=3.0)
+    expected = reference.simplex_noise3d((2, 3, 6, 5), seeds, octaves=2, persistence=0.5, frequency=3.0)
+    torch.testing.assert_close(field, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_synthesis_kernel_matches_the_reference(dtype, atol, poison_outputs):
+    seeds = torch.tensor([11, -(2**40), 2**50 + 3])
+    x = torch.rand(3, 3, 96, 104).to(dtype)
+    geometry = patch_geometry(seeds, 96, 104)
+    out, masks = simplex.synthesize_triton(x, seeds, geometry)
+    expected, expected_masks = reference.synthesize_patches(x, seeds, geometry, 0.2, (12, 13))
+    assert out.dtype == dtype and masks.shape == (3, 1, 96, 104)
+    torch.testing.assert_close(masks, expected_masks, rtol=0, atol=0)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=atol)
+    outside = masks.expand_as(x) == 0
+    assert torch.equal(out[outside], x[outside])
+
+
+def test_synthesize_dispatches_to_the_kernel(monkeypatch):
+    x = torch.rand(2, 3, 64, 64)
+    seeds = torch.tensor([1, 2])
+    expected = synthesize(x, seeds)
+    monkeypatch.delenv("SACD_DISABLE_TRITON", raising=False)
+    calls = []
+    real = simplex.synthesize_triton
+    monkeypatch.setattr(simplex, "synthesize_triton", lambda *a: calls.append(1) or real(*a))
+    out = synthesize(x, seeds)
+    assert calls == [1]
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@requires_cuda
+def test_synthesis_cuda_matches_cpu_reference():
+    seeds = torch.randint(-(2**62), 2**62, (16,))
+    x = torch.rand(16, 3, 256, 256)
+    cpu_out, cpu_masks = synthesize(x, seeds)
+    gpu_out, gpu_masks = synthesize(x.cuda(), seeds.cuda())
+    assert torch.equal(gpu_masks.cpu(), cpu_masks)
+    torch.testing.assert_close(gpu_out.cpu(), cpu_out, rtol=0, atol=1e-6)
+    field = simplex.simplex_noise3d_triton((16, 3, 31, 31), seeds.cuda())
+    torch.testing.assert_close(field.cpu(), reference.simplex_noise3d((16, 3, 31, 31), seeds), rtol=0, atol=1e-6)
