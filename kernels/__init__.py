@@ -18,15 +18,16 @@ from typing import Sequence
 import torch
 
 from . import reference
-from .reference import conv_in_lrelu
 
 try:
     from . import anomaly_map as _anomaly_map
+    from . import feacali as _feacali
     from . import simplex as _simplex
 except ImportError:  # Triton is not installed: the references serve
-    _anomaly_map = _simplex = None
+    _anomaly_map = _feacali = _simplex = None
 
-__all__ = ["conv_in_lrelu", "cosine_anomaly_map", "simplex_noise3d", "synthesize_patches", "use_triton"]
+__all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "simplex_noise3d", "synthesize_patches",
+           "use_triton"]
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -78,3 +79,24 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.T
     if use_triton(x01, seeds, geometry):
         return _simplex.synthesize_triton(x01, seeds, geometry, strength)
     return reference.synthesize_patches(x01, seeds, geometry, strength, patch_shape)
+
+
+def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 1e-5,
+                  negative_slope: float = 0.01) -> torch.Tensor:
+    """``leaky_relu(instance_norm(conv2d(x, weight, bias, padding=1), eps), negative_slope)``,
+    (B, C_out, H, W); differentiable."""
+    if use_triton(x, weight) and x.dtype != torch.float64:
+        return _feacali.conv_in_lrelu_triton(x, weight, bias, eps, negative_slope)
+    return reference.conv_in_lrelu(x, weight, bias, eps, negative_slope)
+
+
+def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
+                        eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
+    """A chain of :func:`conv_in_lrelu` blocks. Without gradients, on the Triton
+    path, each block's normalisation is fused into the next block's input load."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
+    if not needs_grad and use_triton(x, *weights) and x.dtype != torch.float64:
+        return _feacali.conv_in_lrelu_stack_triton(x, weights, eps, negative_slope)
+    for weight, bias in zip(weights, biases):
+        x = conv_in_lrelu(x, weight, bias, eps, negative_slope)
+    return x

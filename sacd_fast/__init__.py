@@ -1,7 +1,8 @@
 """sacd_fast: SACD industrial anomaly detection, standard and fast."""
 
 from .model import SACD, Prediction, normalize
+from .profile import profile
 from .synthesis import synthesize
 
-__all__ = ["SACD", "Prediction", "normalize", "synthesize"]
+__all__ = ["SACD", "Prediction", "normalize", "profile", "synthesize"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@
     sacd-fast eval        metrics, per-image CSV and heatmaps on a test split
     sacd-fast predict     score image files or folders
     sacd-fast synth-data  write a generated dataset in the MVTec AD layout
+    sacd-fast profile     parameters and FLOPs per part of the model
 
 Any error ends the program with exit code 1 and a one-line reason.
 """
@@ -96,13 +97,29 @@ def load_for_inference(path, device) -> tuple[SACD, dict]:
     return SACD.from_checkpoint(path).to(device), thresholds
 
 
-def write_heatmaps(result: dict, thresholds: dict, folder: Path, with_truth: bool) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def heatmap_names(result: dict) -> list[str]:
+    """One distinct PNG name per image: ``<defect>_<stem>`` or ``<stem>``, suffixed on a clash."""
+    names, seen = [], set()
     for i, path in enumerate(result["path"]):
-        name = Path(path).stem if "defect" not in result else f"{result['defect'][i]}_{Path(path).stem}"
+        base = Path(path).stem if "defect" not in result else f"{result['defect'][i]}_{Path(path).stem}"
+        name, k = base, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        names.append(f"{name}.png")
+    return names
+
+
+def write_heatmaps(result: dict, thresholds: dict, folder: Path, with_truth: bool) -> list[str]:
+    """Write one heatmap panel per image into ``folder``; returns the file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = heatmap_names(result)
+    for i, name in enumerate(names):
         truth = result["mask"][i] if with_truth and result["has_mask"][i] else None
         heatmap_panel(result["images"][i], result["maps"][i], thresholds["image"], thresholds["normal_level"],
-                      float(result["scores"][i]), name, truth).save(folder / f"{name}.png")
+                      float(result["scores"][i]), name[:-4], truth).save(folder / name)
+    return names
 
 
 def eval_command(args) -> dict:
@@ -115,12 +132,14 @@ def eval_command(args) -> dict:
     report = evaluate_predictions(result)
     report["threshold"] = thresholds["image"]
     write_json(report, out / "metrics.json")
+    names = write_heatmaps(result, thresholds, out / "heatmaps", with_truth=True)
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "defect", "label", "score", "predicted_anomalous"])
-        for path, defect, label, score in zip(result["path"], result["defect"], result["label"], result["scores"]):
-            writer.writerow([path, defect, int(label), f"{score:.6f}", int(score > thresholds["image"])])
-    write_heatmaps(result, thresholds, out / "heatmaps", with_truth=True)
+        writer.writerow(["path", "defect", "label", "score", "predicted_anomalous", "heatmap"])
+        for i, path in enumerate(result["path"]):
+            score = result["scores"][i]
+            writer.writerow([path, result["defect"][i], int(result["label"][i]), f"{score:.6f}",
+                             int(score > thresholds["image"]), f"heatmaps/{names[i]}"])
     skipped = report["pixel_metrics_skipped_for"]
     print(" ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a"
                    for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))
@@ -136,14 +155,14 @@ def predict_command(args) -> list[dict]:
     if args.threshold is not None:
         thresholds = {**thresholds, "image": args.threshold}
     result = predict_dataset(model, ImageFiles(args.paths, model.config["image_size"]), args.batch_size, device)
-    rows = [{"path": p, "score": float(s), "anomalous": bool(s > thresholds["image"])}
-            for p, s in zip(result["path"], result["scores"])]
+    names = write_heatmaps(result, thresholds, out / "heatmaps", with_truth=False)
+    rows = [{"path": p, "score": float(s), "anomalous": bool(s > thresholds["image"]), "heatmap": f"heatmaps/{n}"}
+            for p, s, n in zip(result["path"], result["scores"], names)]
     write_json({"threshold": thresholds["image"], "images": rows}, out / "scores.json")
     with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "score", "anomalous"])
+        writer = csv.DictWriter(f, fieldnames=["path", "score", "anomalous", "heatmap"])
         writer.writeheader()
         writer.writerows(rows)
-    write_heatmaps(result, thresholds, out / "heatmaps", with_truth=False)
     flagged = sum(r["anomalous"] for r in rows)
     print(f"{len(rows)} images scored, {flagged} above the threshold {thresholds['image']:.4f}; see {out}")
     return rows
@@ -153,6 +172,32 @@ def synth_data_command(args) -> Path:
     folder = write_dataset(args.out, args.category, args.seed)
     print(f"wrote {folder}")
     return folder
+
+
+def profile_command(args) -> dict:
+    """Print parameters and FLOPs per part (fvcore) and, given a bench JSON, the achieved FLOP/s."""
+    import warnings
+
+    from .profile import PARTS, anomaly_map_flops, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random teacher counts the same
+        model = SACD(args.backbone, teacher_weights=None, image_size=args.image_size)
+    report = profile(model, args.image_size)
+    rows = [(part, report[part]["params"], report[part]["flops"]) for part in (*PARTS, "total")]
+    rows.insert(len(PARTS), ("anomaly map", 0, anomaly_map_flops(model, args.image_size)))
+    print(f"{args.backbone} at {args.image_size}x{args.image_size}, per image (1 flop = 1 multiply-add)")
+    print(f"{'part':<12} {'params (M)':>11} {'GFLOPs':>9}")
+    for name, params, flops in rows:
+        print(f"{name:<12} {params / 1e6:>11.2f} {flops / 1e9:>9.3f}")
+    if args.bench_json:
+        data = json.loads(Path(args.bench_json).read_text())
+        total = report["total"]["flops"] + anomaly_map_flops(model, args.image_size)
+        for bench in data.get("benchmarks", []):
+            rate = (bench.get("extra_info") or {}).get("items_per_s")
+            if rate and "inference" in bench["name"]:
+                print(f"{bench['name']}: {rate:,.0f} images/s = {rate * total / 1e12:.2f} TFLOP/s (multiply-adds)")
+    return report
 
 
 def demo_command(args) -> dict:
@@ -222,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
     runtime(p, batch_size=8)
     p.set_defaults(run=demo_command)
+
+    p = commands.add_parser("profile", help="parameters and FLOPs per part of the model (fvcore)",
+                            formatter_class=fmt)
+    p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
+    p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
+    p.add_argument("--bench-json", default=None,
+                   help="a pytest-benchmark JSON (pytest bench/ --benchmark-json F): print achieved FLOP/s")
+    p.set_defaults(run=profile_command)
 
     p = commands.add_parser("synth-data", help="write a generated dataset in the MVTec AD layout",
                             formatter_class=fmt)

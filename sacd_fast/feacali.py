@@ -3,8 +3,9 @@
 One module per scale: conv3x3 (with bias) -> InstanceNorm -> LeakyReLU blocks
 whose channels halve ``layers`` times and come back, C -> C/2 -> C/4 -> C/2 -> C
 for the default ``layers=2`` (RD++'s projection-layer shape). Each block runs
-through :func:`sacd_fast.kernels.conv_in_lrelu`, so a fused kernel can take it over
-without the module changing.
+through :func:`sacd_fast.kernels.conv_in_lrelu_stack`: the reference ops, or
+the fused Triton chain at inference and the Triton InstanceNorm + LeakyReLU
+(with cuDNN convolutions) in training.
 """
 
 from __future__ import annotations
@@ -35,6 +36,5 @@ class FeaCali(nn.Module):
         self.negative_slope = negative_slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = kernels.conv_in_lrelu(x, conv.weight, conv.bias, self.eps, self.negative_slope)
-        return x
+        return kernels.conv_in_lrelu_stack(x, [c.weight for c in self.convs], [c.bias for c in self.convs],
+                                           self.eps, self.negative_slope)

@@ -52,7 +52,9 @@ def test_train_eval_predict(small_data, tmp_path):
                  "--device", "cpu", str(images), str(single)]) == 0
     scores = json.loads((tmp_path / "pred" / "scores.json").read_text())
     assert len(scores["images"]) == 2 and all(r["score"] > 0 for r in scores["images"])
-    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 2
+    names = sorted(p.name for p in (tmp_path / "pred" / "heatmaps").glob("*.png"))
+    assert names == ["000.png", "000_2.png"]  # two files called 000.png: both kept
+    assert sorted(r["heatmap"] for r in scores["images"]) == [f"heatmaps/{n}" for n in names]
 
 
 @pytest.mark.parametrize("argv,message", [
