@@ -36,10 +36,16 @@ def sync():
         torch.cuda.synchronize()
 
 
+RESULTS: list[dict] = []  # one row per timed benchmark, for the summary table
+
+
 @pytest.fixture
-def timed(benchmark):
+def timed(benchmark, request):
     """``timed(fn, items=..., bytes=...)``: benchmark ``fn`` (CUDA-synchronised)
-    and record items/s and GB/s in the JSON's extra_info."""
+    and record items/s and GB/s in the JSON's extra_info and the summary table."""
+    params = dict(getattr(request.node, "callspec", None).params) if hasattr(request.node, "callspec") else {}
+    provider = params.pop("provider", "-")
+    case = request.node.originalname + "[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"
 
     def run(fn, items: int, bytes: int = 0, rounds: int = 10):
         fn()
@@ -52,6 +58,32 @@ def timed(benchmark):
         benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=2)
         seconds = benchmark.stats.stats.median
         benchmark.extra_info.update(machine=machine_line(), items_per_s=items / seconds,
-                                    gb_per_s=bytes / seconds / 1e9 if bytes else None)
+                                    gb_per_s=bytes / seconds / 1e9 if bytes else None,
+                                    case=case, provider=provider)
+        RESULTS.append({"case": case, "provider": provider, "ms": seconds * 1e3, "items_per_s": items / seconds,
+                        "gb_per_s": bytes / seconds / 1e9 if bytes else None})
 
     return run
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """Each result with its speed-up over the ``reference`` provider of the same case."""
+    reference = {r["case"]: r["items_per_s"] for r in results if r["provider"] == "reference"}
+    return [{**r, "vs_reference": r["items_per_s"] / reference[r["case"]] if r["case"] in reference else None}
+            for r in results]
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'case':<76} {'provider':<12} {'ms':>10} {'items/s':>11} {'GB/s':>8} {'x ref':>7}"]
+    for r in rows:
+        gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] else "-"
+        ratio = f"{r['vs_reference']:.2f}" if r["vs_reference"] else "-"
+        lines.append(f"{r['case']:<76} {r['provider']:<12} {r['ms']:>10.3f} {r['items_per_s']:>11.1f} "
+                     f"{gbs:>8} {ratio:>7}")
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RESULTS:
+        terminalreporter.write_sep("=", f"sacd_fast providers on {machine_line()}")
+        terminalreporter.write_line(format_table(summary_rows(RESULTS)))

@@ -42,20 +42,32 @@ def test_noise(timed, provider):
     timed(lambda: noise_fn((BATCH, *PATCH), seeds), items=BATCH * int(np.prod(PATCH)))
 
 
+@pytest.mark.parametrize("provider", ["reference", "compiled", "fast"])
 @pytest.mark.parametrize("synthesis", [False, True])
-def test_training_step(timed, synthesis):
+def test_training_step(timed, provider, synthesis):
+    """One optimiser step of both branches. reference: eager fp32; compiled:
+    torch.compile of the training forward; fast: bf16 autocast + channels_last +
+    the Triton kernels (GPU only)."""
+    if provider == "fast" and not ON_GPU:
+        pytest.skip("the fast training path needs a GPU")
     size, batch, backbone = (256, 16, "wide_resnet50_2") if ON_GPU else (128, 4, "efficientnet_lite0")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = SACD(backbone, teacher_weights=None, image_size=size).to(DEVICE).train()
     optimizer = build_optimizer(model, TrainSettings())
     x01 = torch.rand(batch, 3, size, size, device=DEVICE)
-    x_synth = x01.clone()
     seeds = torch.arange(batch, device=DEVICE)
+    autocast_dtype = None
+    if provider == "fast":
+        model.to(memory_format=torch.channels_last)
+        x01 = x01.contiguous(memory_format=torch.channels_last)
+        autocast_dtype = torch.bfloat16
+    step_model = torch.compile(model) if provider == "compiled" else model
 
     def step():
-        corrupted = synthesize(x01, seeds)[0] if synthesis else x_synth
-        losses = model.training_losses(normalize(x01), normalize(corrupted))
+        corrupted = synthesize(x01, seeds)[0] if synthesis else x01
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+            losses = step_model(normalize(x01), normalize(corrupted))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()

@@ -5,9 +5,10 @@ the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`; the Triton
 kernels behind them must reproduce it.
 
 One dispatch rule, here and nowhere else: a Triton kernel runs when Triton is
-importable, ``SACD_DISABLE_TRITON`` is not ``1``, and either every tensor is on
-CUDA or ``TRITON_INTERPRET=1`` (the Triton interpreter, on the CPU). Otherwise
-the reference runs.
+importable, ``SACD_DISABLE_TRITON`` is not ``1``, the call is not being traced
+by torch.compile (inductor then generates its own kernels from the
+references), and either every tensor is on CUDA or ``TRITON_INTERPRET=1``
+(the Triton interpreter, on the CPU). Otherwise the reference runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "simple
 
 def use_triton(*tensors: torch.Tensor) -> bool:
     """The dispatch rule (see the module docstring)."""
-    if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1":
+    if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1" or torch.compiler.is_compiling():
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True

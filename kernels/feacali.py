@@ -227,9 +227,15 @@ class ConvINLReLU(torch.autograd.Function):
         block = min(triton.next_power_of_2(h * w), 1024)
         _in_lrelu_backward_kernel[(n * c,)](y, grad_out, dy, stats, c, h * w, *_strides(y), *_strides(grad_out),
                                             *_strides(dy), ctx.slope, BLOCK=block)
-        grad_x = torch.nn.grad.conv2d_input(x.shape, weight, dy, padding=1) if ctx.needs_input_grad[0] else None
-        grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, dy, padding=1) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if ctx.has_bias else None
+        # Under autocast the forward convolution ran in y's dtype: so do its gradients.
+        x_c, w_c = x.to(y.dtype), weight.to(y.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, w_c, dy, padding=1).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(x_c, weight.shape, dy, padding=1).to(weight.dtype)
+        if ctx.has_bias:
+            grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
         return grad_x, grad_w, grad_b, None, None
 
 

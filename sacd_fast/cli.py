@@ -21,10 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Subset
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import AnomalyDataset, ImageFiles
+from .fast import fast as make_fast
 from .inference import calibrate, evaluate_predictions, predict_dataset
 from .model import SACD
 from .synthdata import write_dataset
@@ -55,11 +57,33 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     return sorted(order[held:]), sorted(order[:held])
 
 
-def train_command(args) -> dict:
-    """Train, then calibrate the threshold on held-out normal images; returns the checkpoint."""
+def start_distributed(device: torch.device) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA,
+    gloo on CPUs) and return this process's device."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def train_command(args) -> dict | None:
+    """Train, then calibrate the threshold on held-out normal images; returns the
+    checkpoint (None on the non-zero ranks of a torchrun job)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        device = start_distributed(device)
+    try:
+        return train_and_calibrate(args, out, device, rank=dist.get_rank() if distributed else 0)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def train_and_calibrate(args, out: Path, device: torch.device, rank: int) -> dict | None:
     dataset = AnomalyDataset(args.data, args.category, "train", args.image_size)
     train_idx, val_idx = split_validation(len(dataset), args.val_fraction, args.seed)
     torch.manual_seed(args.seed)
@@ -77,7 +101,9 @@ def train_command(args) -> dict:
               f"(kd {record['kd']:.4f}, intra {record['intra']:.4f})", file=sys.stderr)
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device,
-        num_workers=args.workers, log=log)
+        num_workers=args.workers, log=log, fast=args.fast)
+    if rank != 0:
+        return None
     normal = Subset(dataset, val_idx or train_idx)
     thresholds = calibrate(model, normal, args.batch_size, device)
     thresholds["source"] = "held-out normal training images" if val_idx else "training images"
@@ -89,12 +115,13 @@ def train_command(args) -> dict:
     return payload
 
 
-def load_for_inference(path, device) -> tuple[SACD, dict]:
+def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
     payload = load_checkpoint(path)
     thresholds = payload.get("thresholds")
     if thresholds is None:
         raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`")
-    return SACD.from_checkpoint(path).to(device), thresholds
+    model = SACD.from_checkpoint(path).to(device)
+    return (make_fast(model) if fast else model), thresholds
 
 
 def heatmap_names(result: dict) -> list[str]:
@@ -126,7 +153,7 @@ def eval_command(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    model, thresholds = load_for_inference(args.checkpoint, device)
+    model, thresholds = load_for_inference(args.checkpoint, device, args.fast)
     dataset = AnomalyDataset(args.data, args.category, "test", model.config["image_size"])
     result = predict_dataset(model, dataset, args.batch_size, device)
     report = evaluate_predictions(result)
@@ -151,7 +178,7 @@ def predict_command(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    model, thresholds = load_for_inference(args.checkpoint, device)
+    model, thresholds = load_for_inference(args.checkpoint, device, args.fast)
     if args.threshold is not None:
         thresholds = {**thresholds, "image": args.threshold}
     result = predict_dataset(model, ImageFiles(args.paths, model.config["image_size"]), args.batch_size, device)
@@ -209,8 +236,8 @@ def demo_command(args) -> dict:
     common = dict(data=str(root), category="disc", out=str(out), device=args.device, batch_size=args.batch_size,
                   seed=args.seed, image_size=args.image_size)
     train_command(argparse.Namespace(**common, backbone=DEMO_BACKBONE, teacher_weights="imagenet",
-                                     epochs=args.epochs, val_fraction=0.1, workers=0))
-    return eval_command(argparse.Namespace(**common, checkpoint=str(out / "model.pt")))
+                                     epochs=args.epochs, val_fraction=0.1, workers=0, fast=False))
+    return eval_command(argparse.Namespace(**common, checkpoint=str(out / "model.pt"), fast=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,12 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
         p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
 
+    def fast_flag(p):
+        p.add_argument("--fast", action="store_true",
+                       help="on CUDA: the fast model (bf16, channels_last, torch.compile, CUDA graphs)")
+
     def dataset(p):
         p.add_argument("--data", required=True, help="dataset root (MVTec AD, BTAD or generic folder layout)")
         p.add_argument("--category", default=None,
                        help="product sub-folder of --data (e.g. bottle, or 01 for BTAD); omit if --data is the product")
 
-    p = commands.add_parser("train", help="train a model on a product's defect-free images", formatter_class=fmt)
+    p = commands.add_parser("train", help="train a model on a product's defect-free images (several GPUs: "
+                            "torchrun --nproc_per_node=N -m sacd_fast train ...)", formatter_class=fmt)
     dataset(p)
     p.add_argument("--out", required=True, help="output folder: model.pt (checkpoint) and train_log.jsonl")
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
@@ -240,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of training images held out to calibrate the decision threshold")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--fast", action="store_true",
+                   help="on CUDA: bf16 autocast and channels_last (synthesis and FeaCali use the Triton kernels)")
     runtime(p)
     p.set_defaults(run=train_command)
 
@@ -248,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, scores.csv, heatmaps/")
     runtime(p)
+    fast_flag(p)
     p.set_defaults(run=eval_command)
 
     p = commands.add_parser("predict", help="score images and write heatmaps", formatter_class=fmt)
@@ -257,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decision threshold on the score (default: the one calibrated at training)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     runtime(p)
+    fast_flag(p)
     p.set_defaults(run=predict_command)
 
     p = commands.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",

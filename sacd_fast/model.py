@@ -125,6 +125,19 @@ class SACD(nn.Module):
         calibrated = [f(sa) for f, sa in zip(self.feacali, s_abnormal)]
         return sacd_loss(t, s, calibrated, self.config["lambda_intra"])
 
+    def inference_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features t_k and calibrated student features FeaCali_k(s_k)."""
+        t, s = self.encode_decode(x)
+        return t, [f(si) for f, si in zip(self.feacali, s)]
+
+    def anomaly_maps(self, teacher: list[torch.Tensor], calibrated: list[torch.Tensor], size) -> torch.Tensor:
+        """float32 (B, H, W) maps from :meth:`inference_features`' output."""
+        return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config["sigma"])
+
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training forward pass, :meth:`training_losses` (what DistributedDataParallel calls)."""
+        return self.training_losses(x, x_synth)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
         """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
@@ -132,17 +145,15 @@ class SACD(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            t, s = self.encode_decode(x)
-            calibrated = [f(si) for f, si in zip(self.feacali, s)]
-            maps = kernels.cosine_anomaly_map(t, calibrated, size=x.shape[-2:], sigma=self.config["sigma"])
+            maps = self.anomaly_maps(*self.inference_features(x), size=x.shape[-2:])
         finally:
             self.train(was_training)
-        maps = maps.float()
         return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
 
     @classmethod
-    def from_checkpoint(cls, path, map_location="cpu") -> "SACD":
-        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.train`."""
+    def from_checkpoint(cls, path, map_location="cpu", fast: bool = False):
+        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.train`;
+        ``fast=True`` wraps it with :func:`sacd_fast.fast` (defaults)."""
         payload = load_checkpoint(path, map_location)
         config = payload["config"]
         unknown = set(config) - set(inspect.signature(cls).parameters)
@@ -155,4 +166,8 @@ class SACD(nn.Module):
             model.load_state_dict(payload["state_dict"], strict=True)
         except RuntimeError as e:
             raise ValueError(f"checkpoint {path} does not match SACD({config}): {e}") from e
+        if fast:
+            from .fast import fast as make_fast
+
+            return make_fast(model.eval())
         return model.eval()

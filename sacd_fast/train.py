@@ -7,6 +7,11 @@ the shuffle order and the synthesis seeds come from generators seeded by
 with the same weights as a run that was never interrupted.
 
 The last epoch is what is kept: no checkpoint is ever selected on test data.
+
+Several GPUs: launch with torchrun and initialise the process group (the CLI
+does it); ``fit`` then wraps the model in DistributedDataParallel, gives each
+process its share of every epoch (``batch_size`` is per process), averages
+the logged losses over processes, and lets rank 0 alone write checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import config_mismatch, load_checkpoint, save_checkpoint
@@ -34,8 +41,8 @@ class TrainSettings:
     betas: tuple[float, float] = field(default=(0.5, 0.999))
     seed: int = 0
 
-    def epoch_generator(self, epoch: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7 + stream)
+    def epoch_generator(self, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, epoch, stream, rank)) & (2**63 - 1))
 
 
 def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
@@ -47,11 +54,15 @@ def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
     )
 
 
-def train_step(model: SACD, optimizer: torch.optim.Optimizer, x01: torch.Tensor,
-               seeds: torch.Tensor) -> dict[str, float]:
-    """One optimisation step on a batch of [0, 1] images; returns the loss terms."""
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: torch.Tensor, seeds: torch.Tensor,
+               autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """One optimisation step on a batch of [0, 1] images; returns the loss terms.
+    ``model`` is a SACD model or its DistributedDataParallel wrapper (its
+    forward is ``training_losses``); ``autocast_dtype`` runs the forward passes
+    under autocast (the fast path)."""
     x_synth, _ = synthesize(x01, seeds)
-    losses = model.training_losses(normalize(x01), normalize(x_synth))
+    with torch.autocast(x01.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        losses = model(normalize(x01), normalize(x_synth))
     if not torch.isfinite(losses["total"]):
         raise FloatingPointError(f"training loss is {losses['total'].item()} (kd {losses['kd'].item()}, "
                                  f"intra {losses['intra'].item()}): lower the learning rate or check the data")
@@ -69,7 +80,7 @@ def images_of(batch) -> torch.Tensor:
 def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
         resume: bool = True, progress: bool = True, num_workers: int = 0,
-        log=None) -> list[dict[str, float]]:
+        log=None, fast: bool = False) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
     Args:
@@ -82,6 +93,9 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         device: where to train.
         progress: show tqdm bars.
         log: optional callable receiving each epoch's record.
+        fast: on CUDA, train in channels_last under bf16 autocast (synthesis and
+            FeaCali run in their Triton kernels on CUDA either way); on a CPU
+            it changes nothing.
 
     Returns:
         The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses.
@@ -90,6 +104,10 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
     model.to(device)
+    autocast_dtype = None
+    if fast and torch.device(device).type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        autocast_dtype = torch.bfloat16
     optimizer = build_optimizer(model, settings)
     history: list[dict[str, float]] = []
     start = 0
@@ -106,28 +124,49 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"], list(state["history"])
 
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank = dist.get_rank() if distributed else 0
+    step_model = model
+    if distributed:
+        on_cuda = torch.device(device).type == "cuda"
+        step_model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None)
     model.train()
     for epoch in range(start, settings.epochs):
-        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=False,
+        sampler = None
+        if distributed:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=settings.seed)
+            sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
                             num_workers=num_workers, generator=settings.epoch_generator(epoch, 0),
                             pin_memory=torch.device(device).type == "cuda")
-        seed_source = settings.epoch_generator(epoch, 1)
-        sums = {"total": 0.0, "kd": 0.0, "intra": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
+        seed_source = settings.epoch_generator(epoch, 1, rank)
+        sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress or rank != 0,
+                   leave=False)
         for batch in bar:
             x01 = images_of(batch).to(device, non_blocking=True)
+            if autocast_dtype is not None:
+                x01 = x01.contiguous(memory_format=torch.channels_last)
             seeds = torch.randint(-(2**62), 2**62, (x01.shape[0],), generator=seed_source)
-            losses = train_step(model, optimizer, x01, seeds)
-            for k in sums:
-                sums[k] += losses[k] * x01.shape[0]
+            losses = train_step(step_model, optimizer, x01, seeds, autocast_dtype)
+            sums += torch.tensor([losses["total"], losses["kd"], losses["intra"], 1.0], dtype=torch.float64) \
+                * x01.shape[0]
             bar.set_postfix(loss=f"{losses['total']:.4f}")
-        record = {"epoch": epoch + 1, **{k: v / len(dataset) for k, v in sums.items()}}
+        if distributed:
+            sums = sums.to(device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+            for buffer in model.buffers():  # BatchNorm statistics: every replica ends the epoch as rank 0
+                dist.broadcast(buffer, 0)
+        record = {"epoch": epoch + 1, **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}}
         history.append(record)
-        if log is not None:
+        if log is not None and rank == 0:
             log(record)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint({"config": model.config, "state_dict": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                              "settings": asdict(settings), "history": history}, checkpoint)
+        if distributed:
+            dist.barrier()
     model.eval()
     return history

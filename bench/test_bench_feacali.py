@@ -1,0 +1,56 @@
+"""FeaCali stacks (3 scales, C -> C/2 -> C/4 -> C/2 -> C): the eager cuDNN
+chain vs torch.compile of it vs the fused Triton kernels, forward and
+forward + backward."""
+
+import pytest
+import torch
+from conftest import DEVICE, ON_GPU
+
+from sacd_fast.feacali import FeaCali
+from sacd_fast.kernels import reference
+
+SCALES = [(256, 64), (512, 32), (1024, 16)] if ON_GPU else [(64, 16), (128, 8), (256, 4)]
+BATCHES = [1, 32] if ON_GPU else [1, 4]
+DTYPE = torch.bfloat16 if ON_GPU else torch.float32
+
+
+def eager_stack(modules, features):
+    out = []
+    for module, x in zip(modules, features):
+        for conv in module.convs:
+            x = reference.conv_in_lrelu(x, conv.weight, conv.bias)
+        out.append(x)
+    return out
+
+
+def fused_stack(modules, features):
+    from sacd_fast.kernels.feacali import ConvINLReLU, conv_in_lrelu_stack_triton
+
+    if not torch.is_grad_enabled():
+        return [conv_in_lrelu_stack_triton(x, [c.weight for c in m.convs]) for m, x in zip(modules, features)]
+    out = []
+    for module, x in zip(modules, features):
+        for conv in module.convs:
+            x = ConvINLReLU.apply(x, conv.weight, conv.bias, 1e-5, 0.01)
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("provider", ["reference", "compiled", "fast"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("backward", [False, True])
+def test_feacali(timed, provider, batch, backward):
+    if provider == "fast" and not ON_GPU:
+        pytest.skip("the Triton kernels need a GPU")
+    modules = [FeaCali(c).to(DEVICE, DTYPE).to(memory_format=torch.channels_last) for c, _ in SCALES]
+    features = [torch.randn(batch, c, s, s, device=DEVICE, dtype=DTYPE).to(memory_format=torch.channels_last)
+                for c, s in SCALES]
+    fn = {"reference": eager_stack, "compiled": torch.compile(eager_stack), "fast": fused_stack}[provider]
+
+    def run():
+        with torch.set_grad_enabled(backward):
+            out = fn(modules, [x.requires_grad_(backward) for x in features])
+            if backward:
+                sum(o.float().square().mean() for o in out).backward()
+
+    timed(run, items=batch)

@@ -1,0 +1,68 @@
+"""The drop-in fast model: ``sacd_fast.fast(model)``.
+
+On CUDA, the teacher, OCBE, decoder and FeaCali run in channels_last under
+bf16 (or fp16) autocast, compiled by torch.compile. With ``cuda_graphs`` each
+batch size is captured once as a CUDA graph ("reduce-overhead"). The anomaly
+map then runs in the Triton kernel, which reads the low-precision features and
+reduces them in fp32. Inside the compiled region the kernel dispatcher traces
+the reference ops, and inductor generates fused kernels for them.
+
+On a CPU nothing is changed: the eager fp32 reference ops run, so the fast
+model is never slower than eager there. On the 2-core development CPU
+(bench/test_bench_model.py, 128²), torch.compile's effect on the whole model
+varied from run to run: 0.5x to 1.3x for ResNet-18 at batch 1, and 1.4x to
+1.6x for Lite0. So it is not applied on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import SACD, Prediction
+
+
+class FastSACD(nn.Module):
+    """Wraps a trained :class:`SACD` with the same ``predict`` API and config."""
+
+    def __init__(self, model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
+                 cuda_graphs: bool = True):
+        super().__init__()
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"fast(): dtype must be bfloat16, float16 or float32, got {dtype}")
+        self.model = model.eval()
+        self.config = model.config
+        self.on_cuda = next(model.parameters()).device.type == "cuda"
+        self.autocast_dtype = dtype if self.on_cuda and dtype != torch.float32 else None
+        features = model.inference_features
+        if self.on_cuda:
+            model.to(memory_format=torch.channels_last)
+            if compile:
+                mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+                features = torch.compile(features, mode=mode, dynamic=False)
+        self._features = features
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> Prediction:
+        """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
+        self.model.check_input(x)
+        if self.on_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            teacher, calibrated = self._features(x)
+        maps = self.model.anomaly_maps(teacher, calibrated, x.shape[-2:])
+        return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
+
+
+def fast(model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
+         cuda_graphs: bool = True) -> FastSACD:
+    """The fast version of a trained model (its weights are shared, not copied).
+
+    Args:
+        model: a trained :class:`SACD`, on the device it should run on.
+        dtype: autocast dtype on CUDA (bfloat16, float16, or float32 for none).
+        compile: torch.compile the feature network on CUDA.
+        cuda_graphs: capture one CUDA graph per batch size (needs ``compile``).
+    """
+    return FastSACD(model, dtype, compile, cuda_graphs)

@@ -1,0 +1,70 @@
+"""The drop-in fast model and the fast training path."""
+
+import pytest
+import torch
+from conftest import random_teacher_model, requires_cuda
+
+import sacd_fast
+from sacd_fast import SACD
+from sacd_fast.kernels import reference
+from sacd_fast.train import TrainSettings, fit
+
+
+def test_fast_model_on_cpu_keeps_predictions_and_api(tmp_path):
+    model = random_teacher_model("resnet18", 64)
+    fit(model, torch.rand(4, 3, 64, 64), TrainSettings(epochs=1, batch_size=2), checkpoint=tmp_path / "m.pt",
+        progress=False)
+    x = torch.randn(3, 3, 64, 64)
+    expected = model.predict(x)
+    fast = sacd_fast.fast(model)
+    out = fast.predict(x)
+    assert fast.config == model.config
+    torch.testing.assert_close(out.maps, expected.maps, rtol=0, atol=0)
+    torch.testing.assert_close(out.scores, expected.scores, rtol=0, atol=0)
+    loaded = SACD.from_checkpoint(tmp_path / "m.pt", fast=True)
+    assert isinstance(loaded, sacd_fast.FastSACD)
+    torch.testing.assert_close(loaded.predict(x).maps, expected.maps, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        fast.predict(torch.randn(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="dtype"):
+        sacd_fast.fast(model, dtype=torch.int8)
+
+
+def test_fast_training_flag_on_cpu_changes_nothing():
+    data = torch.rand(4, 3, 64, 64)
+    histories = []
+    for fast in (False, True):
+        torch.manual_seed(5)
+        model = random_teacher_model("resnet18", 64)
+        histories.append(fit(model, data, TrainSettings(epochs=1, batch_size=2), progress=False, fast=fast))
+    assert histories[0] == histories[1]
+
+
+def test_training_function_under_bf16_autocast():
+    """The Triton InstanceNorm + LeakyReLU backward under autocast: cuDNN-side
+    convolution gradients come back in the parameters' dtypes."""
+    feacali = pytest.importorskip("sacd_fast.kernels.feacali")
+    x = torch.randn(2, 8, 6, 7, requires_grad=True)
+    weight = (torch.randn(4, 8, 3, 3) / 8).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = feacali.ConvINLReLU.apply(x, weight, None, 1e-5, 0.01)
+    assert out.dtype == torch.bfloat16
+    grad = torch.randn_like(out, dtype=torch.float32)
+    (out.float() * grad).sum().backward()
+    assert x.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    (reference.conv_in_lrelu(x64, w64) * grad.double()).sum().backward()
+    torch.testing.assert_close(out.double(), reference.conv_in_lrelu(x64, w64).detach(), rtol=0, atol=5e-2)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=0, atol=0.1)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=5e-2, atol=0.5)
+
+
+@requires_cuda
+def test_fast_model_cuda_matches_reference_maps_and_ranking():
+    model = random_teacher_model("wide_resnet50_2", 256).cuda().eval()
+    x = torch.randn(16, 3, 256, 256, device="cuda")
+    expected = model.predict(x)
+    out = sacd_fast.fast(model).predict(x)
+    relative = (out.maps - expected.maps).norm() / expected.maps.norm()
+    assert relative <= 1e-2
+    assert torch.equal(out.scores.argsort(), expected.scores.argsort())
