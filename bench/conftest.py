@@ -7,6 +7,7 @@ sizes are small so that the whole run takes minutes.
 """
 
 import platform
+import time
 
 import pytest
 import torch
@@ -39,6 +40,22 @@ def sync():
 RESULTS: list[dict] = []  # one row per timed benchmark, for the summary table
 
 
+@pytest.fixture(scope="session")
+def copy_bandwidth() -> float:
+    """The device's copy bandwidth in GB/s (read + write of a 1 GiB clone on a
+    GPU, 256 MiB on a CPU): the floor that memory-bound kernels are held to."""
+    x = torch.empty(2**28 if ON_GPU else 2**26, dtype=torch.float32, device=DEVICE)
+    x.clone()
+    sync()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        x.clone()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * x.numel() * 4 / sorted(times)[2] / 1e9
+
+
 @pytest.fixture
 def timed(benchmark, request):
     """``timed(fn, items=..., bytes=...)``: benchmark ``fn`` (CUDA-synchronised)
@@ -47,7 +64,7 @@ def timed(benchmark, request):
     provider = params.pop("provider", "-")
     case = request.node.originalname + "[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"
 
-    def run(fn, items: int, bytes: int = 0, rounds: int = 10):
+    def run(fn, items: int, bytes: int = 0, rounds: int = 10, floor_gb_per_s: float | None = None):
         fn()
         sync()
 
@@ -57,11 +74,13 @@ def timed(benchmark, request):
 
         benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=2)
         seconds = benchmark.stats.stats.median
-        benchmark.extra_info.update(machine=machine_line(), items_per_s=items / seconds,
-                                    gb_per_s=bytes / seconds / 1e9 if bytes else None,
-                                    case=case, provider=provider)
+        gb_per_s = bytes / seconds / 1e9 if bytes else None
+        of_floor = gb_per_s / floor_gb_per_s if gb_per_s and floor_gb_per_s else None
+        benchmark.extra_info.update(machine=machine_line(), items_per_s=items / seconds, gb_per_s=gb_per_s,
+                                    copy_gb_per_s=floor_gb_per_s, of_copy_floor=of_floor, case=case,
+                                    provider=provider)
         RESULTS.append({"case": case, "provider": provider, "ms": seconds * 1e3, "items_per_s": items / seconds,
-                        "gb_per_s": bytes / seconds / 1e9 if bytes else None})
+                        "gb_per_s": gb_per_s, "of_copy_floor": of_floor})
 
     return run
 
@@ -74,12 +93,13 @@ def summary_rows(results: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'case':<76} {'provider':<12} {'ms':>10} {'items/s':>11} {'GB/s':>8} {'x ref':>7}"]
+    lines = [f"{'case':<76} {'provider':<12} {'ms':>10} {'items/s':>11} {'GB/s':>8} {'of copy':>8} {'x ref':>7}"]
     for r in rows:
         gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] else "-"
+        floor = f"{r['of_copy_floor']:.0%}" if r.get("of_copy_floor") else "-"
         ratio = f"{r['vs_reference']:.2f}" if r["vs_reference"] else "-"
         lines.append(f"{r['case']:<76} {r['provider']:<12} {r['ms']:>10.3f} {r['items_per_s']:>11.1f} "
-                     f"{gbs:>8} {ratio:>7}")
+                     f"{gbs:>8} {floor:>8} {ratio:>7}")
     return "\n".join(lines)
 
 

@@ -51,7 +51,8 @@ def main() -> int:
             info = b.get("extra_info") or {}
             if "case" in info:
                 rows.append({"case": info["case"], "provider": info["provider"], "ms": b["stats"]["median"] * 1e3,
-                             "items_per_s": info["items_per_s"], "gb_per_s": info.get("gb_per_s")})
+                             "items_per_s": info["items_per_s"], "gb_per_s": info.get("gb_per_s"),
+                             "of_copy_floor": info.get("of_copy_floor")})
     rows = summary_rows(rows)
     report = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "environment": env_note,
               "parity": {"exit_code": code, "summary": parity_tail},

@@ -1,7 +1,8 @@
 """Anomaly map: reference vs torch.compile(reference) vs the Triton kernels.
 
-Reports images/s and GB/s (features read once + map written once); on a GPU
-compare GB/s with the device's copy bandwidth (PERF.md: 4.0 TB/s on an H200)."""
+Reports images/s, GB/s (features read once + map written once) and that
+rate as a fraction of the device's measured copy bandwidth (PERF.md: 4.0 TB/s
+on an H200)."""
 
 import pytest
 import torch
@@ -31,9 +32,10 @@ def provider_fn(provider):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("backbone", list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32])
-def test_anomaly_map(timed, provider, batch, backbone, dtype):
+def test_anomaly_map(timed, copy_bandwidth, provider, batch, backbone, dtype):
     teacher = [torch.randn(batch, *s, device=DEVICE, dtype=dtype) for s in SHAPES[backbone]]
     student = [torch.randn_like(t) for t in teacher]
     fn = provider_fn(provider)
     feature_bytes = sum(2 * t.numel() * t.element_size() for t in teacher)
-    timed(lambda: fn(teacher, student, (SIZE, SIZE)), items=batch, bytes=feature_bytes + batch * SIZE * SIZE * 4)
+    timed(lambda: fn(teacher, student, (SIZE, SIZE)), items=batch, bytes=feature_bytes + batch * SIZE * SIZE * 4,
+          floor_gb_per_s=copy_bandwidth)

@@ -220,10 +220,14 @@ def profile_command(args) -> dict:
     if args.bench_json:
         data = json.loads(Path(args.bench_json).read_text())
         total = report["total"]["flops"] + anomaly_map_flops(model, args.image_size)
+        wanted = (f"backbone={args.backbone}", f"size={args.image_size}")
         for bench in data.get("benchmarks", []):
-            rate = (bench.get("extra_info") or {}).get("items_per_s")
-            if rate and "inference" in bench["name"]:
-                print(f"{bench['name']}: {rate:,.0f} images/s = {rate * total / 1e12:.2f} TFLOP/s (multiply-adds)")
+            info = bench.get("extra_info") or {}
+            case = info.get("case", "")
+            if case.startswith("test_inference") and all(w in case for w in wanted):
+                rate = info["items_per_s"]
+                print(f"{case} {info['provider']}: {rate:,.0f} images/s = "
+                      f"{rate * total / 1e12:.3f} T multiply-adds/s")
     return report
 
 
