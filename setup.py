@@ -11,7 +11,7 @@ setup(
     package_dir={"sacd_fast": "sacd_fast", "sacd_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
-        "numpy",
+        "numpy>=2.0",
         "opensimplex>=0.4.5",
         "scikit-learn",
         "scipy",
