@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .layout import pixel_run, pixel_strides
 from .reference import COSINE_EPS, gaussian_taps
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -112,24 +113,16 @@ def _gaussian_kernel(in_ptr, out_ptr, taps_ptr, H, W,
     tl.store(out_ptr + i_b * H * W + o_y[:, None] * W + o_x[None, :], b_acc, mask=m)
 
 
-def _pixel_strides(x: torch.Tensor) -> tuple[int, int, int] | None:
-    """(batch, channel, pixel) strides when the h*w pixels are one evenly strided run."""
-    sb, sc, sy, sx = x.stride()
-    return (sb, sc, sx) if sy == x.shape[3] * sx or x.shape[2] == 1 else None
-
-
 def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``1 - cos`` over channels, float32 (B, h, w)."""
-    if t.dtype not in SUPPORTED_DTYPES or _pixel_strides(t) is None:
-        t = t.float().contiguous()
-    if s.dtype not in SUPPORTED_DTYPES or _pixel_strides(s) is None:
-        s = s.float().contiguous()
+    t = pixel_run(t if t.dtype in SUPPORTED_DTYPES else t.float())
+    s = pixel_run(s if s.dtype in SUPPORTED_DTYPES else s.float())
     b, c, h, w = t.shape
     out = torch.empty((b, h, w), dtype=torch.float32, device=t.device)
     block_p = min(triton.next_power_of_2(h * w), 64)
     block_c = min(triton.next_power_of_2(c), 64)
     grid = (triton.cdiv(h * w, block_p), b)
-    _cosine_distance_kernel[grid](t, s, out, c, h * w, *_pixel_strides(t), *_pixel_strides(s), COSINE_EPS,
+    _cosine_distance_kernel[grid](t, s, out, c, h * w, *pixel_strides(t), *pixel_strides(s), COSINE_EPS,
                                   BLOCK_C=block_c, BLOCK_P=block_p)
     return out
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .layout import pixel_run, pixel_strides
+
 
 @triton.jit
 def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, out_stats_ptr,
@@ -149,18 +151,6 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
         tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=o_p < HW)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """(sample, channel, pixel) strides of a tensor that :func:`_pixel_run` accepts."""
-    sn, sc, _, sw = t.stride()
-    return sn, sc, sw
-
-
-def _pixel_run(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its pixels form one strided run (NCHW or channels_last), else a contiguous copy."""
-    sn, sc, sh, sw = t.stride()
-    return t if sh == t.shape[3] * sw or t.shape[2] == 1 else t.contiguous()
-
-
 def _like(x: torch.Tensor, channels: int, dtype=None) -> torch.Tensor:
     n, _, h, w = x.shape
     return torch.empty((n, channels, h, w), dtype=dtype or x.dtype, device=x.device,
@@ -200,7 +190,8 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     out = _like(y, c)
     block = min(triton.next_power_of_2(h * w), 1024)
     _in_lrelu_apply_kernel[(triton.cdiv(h * w, block), n * c)](
-        y, stats, out, c, h * w, *_strides(y), *_strides(out), 1.0 / (h * w), eps, negative_slope, BLOCK=block)
+        y, stats, out, c, h * w, *pixel_strides(y), *pixel_strides(out), 1.0 / (h * w), eps, negative_slope,
+        BLOCK=block)
     return out
 
 
@@ -210,12 +201,12 @@ class ConvINLReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, negative_slope):
-        y = _pixel_run(F.conv2d(x, weight, None, padding=1))
+        y = pixel_run(F.conv2d(x, weight, None, padding=1))
         n, c, h, w = y.shape
         out = torch.empty_like(y)
         stats = torch.empty((n * c, 2), dtype=torch.float32, device=y.device)
         block = min(triton.next_power_of_2(h * w), 1024)
-        _in_lrelu_forward_kernel[(n * c,)](y, out, stats, c, h * w, *_strides(y), *_strides(out),
+        _in_lrelu_forward_kernel[(n * c,)](y, out, stats, c, h * w, *pixel_strides(y), *pixel_strides(out),
                                            eps, negative_slope, BLOCK=block)
         ctx.save_for_backward(x, weight, y, stats)
         ctx.has_bias = bias is not None
@@ -225,12 +216,12 @@ class ConvINLReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, y, stats = ctx.saved_tensors
-        grad_out = _pixel_run(grad_out)
+        grad_out = pixel_run(grad_out)
         n, c, h, w = y.shape
         dy = torch.empty_like(y)
         block = min(triton.next_power_of_2(h * w), 1024)
-        _in_lrelu_backward_kernel[(n * c,)](y, grad_out, dy, stats, c, h * w, *_strides(y), *_strides(grad_out),
-                                            *_strides(dy), ctx.slope, BLOCK=block)
+        _in_lrelu_backward_kernel[(n * c,)](y, grad_out, dy, stats, c, h * w, *pixel_strides(y),
+                                            *pixel_strides(grad_out), *pixel_strides(dy), ctx.slope, BLOCK=block)
         # Under autocast the forward convolution ran in y's dtype: so do its gradients.
         x_c, w_c = x.to(y.dtype), weight.to(y.dtype)
         grad_x = grad_w = grad_b = None
