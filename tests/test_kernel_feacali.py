@@ -118,3 +118,26 @@ def test_training_function_cuda(channels, size):
     (reference.conv_in_lrelu(x64, w64) * grad.double()).sum().backward()
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=0, atol=2e-2)
     torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
+    import triton.testing
+
+    from sacd_fast import kernels
+
+    timings = {"fused": 2.0, "cudnn": 1.0}
+    calls = []
+
+    def fake_do_bench(fn, warmup, rep):
+        name = fn()
+        calls.append(name)
+        return timings[name]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(kernels, "_FASTER", {})
+    candidates = {"fused": lambda: "fused", "cudnn": lambda: "cudnn"}
+    assert kernels.pick_faster(("a",), candidates) == "cudnn"
+    timings["fused"] = 0.5  # remembered: no second measurement for the same key
+    assert kernels.pick_faster(("a",), candidates) == "cudnn"
+    assert kernels.pick_faster(("b",), candidates) == "fused"
+    assert calls == ["fused", "cudnn", "fused", "cudnn"]
