@@ -5,7 +5,8 @@
 Writes OUTPUT_DIR/gpu_report.json (machine line, parity summary, every
 benchmark with its images/s and ratio to the reference provider) and
 OUTPUT_DIR/bench.json (pytest-benchmark's own file), and prints the table
-last. Budget: under five minutes on an H200 (torch.compile dominates).
+last. Budget: under five minutes on an H200. torch.compile dominates that
+time, so the compiled training step is left out (run `pytest bench/` for it).
 """
 
 import json
@@ -42,8 +43,9 @@ def main() -> int:
     parity_tail = parity_log.strip().splitlines()[-1] if parity_log.strip() else ""
     (out / "parity.log").write_text(parity_log)
     bench_json = out / "bench.json"
-    bench_code, bench_log = run(["bench", "-q", "-p", "no:cacheprovider", f"--benchmark-json={bench_json}"],
-                                timeout=420)
+    # torch.compile of a whole training step (about a minute per case) does not fit the budget: left out here.
+    bench_code, bench_log = run(["bench", "-q", "-p", "no:cacheprovider", "-k", "not (test_training_step and compiled)",
+                                 f"--benchmark-json={bench_json}"], timeout=420)
     (out / "bench.log").write_text(bench_log)
     rows = []
     if bench_json.exists():
