@@ -103,9 +103,11 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     settings = settings or TrainSettings()
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
     model.to(device)
     autocast_dtype = None
-    if fast and torch.device(device).type == "cuda":
+    if fast and on_cuda:
         model.to(memory_format=torch.channels_last)
         autocast_dtype = torch.bfloat16
     optimizer = build_optimizer(model, settings)
@@ -128,8 +130,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     rank = dist.get_rank() if distributed else 0
     step_model = model
     if distributed:
-        on_cuda = torch.device(device).type == "cuda"
-        step_model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None)
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
     model.train()
     for epoch in range(start, settings.epochs):
         sampler = None
@@ -138,7 +139,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             sampler.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
                             num_workers=num_workers, generator=settings.epoch_generator(epoch, 0),
-                            pin_memory=torch.device(device).type == "cuda")
+                            pin_memory=on_cuda)
         seed_source = settings.epoch_generator(epoch, 1, rank)
         sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress or rank != 0,
