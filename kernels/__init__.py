@@ -7,8 +7,9 @@ kernels behind them must reproduce it.
 One dispatch rule, here and nowhere else: a Triton kernel runs when Triton is
 importable, ``SACD_DISABLE_TRITON`` is not ``1``, the call is not being traced
 by torch.compile (inductor then generates its own kernels from the
-references), and either every tensor is on CUDA or ``TRITON_INTERPRET=1``
-(the Triton interpreter, on the CPU). Otherwise the reference runs.
+references), no tensor is float64 (the kernels compute in fp32), and either
+every tensor is on CUDA or ``TRITON_INTERPRET=1`` (the Triton interpreter, on
+the CPU). Otherwise the reference runs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     """The dispatch rule (see the module docstring)."""
     if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1" or torch.compiler.is_compiling():
         return False
+    if any(t.dtype == torch.float64 for t in tensors):  # the kernels compute in fp32: float64 stays exact
+        return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
     return all(t.is_cuda for t in tensors)
@@ -53,7 +56,7 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
     """
     teacher, student = list(teacher), list(student)
     reference.check_anomaly_map_args(teacher, student, size, mode)
-    if use_triton(*teacher, *student) and all(t.dtype != torch.float64 for t in teacher + student):
+    if use_triton(*teacher, *student):
         return _anomaly_map.cosine_anomaly_map_triton(teacher, student, size, sigma, mode)
     return reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
 
@@ -86,7 +89,7 @@ def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   negative_slope: float = 0.01) -> torch.Tensor:
     """``leaky_relu(instance_norm(conv2d(x, weight, bias, padding=1), eps), negative_slope)``,
     (B, C_out, H, W); differentiable."""
-    if use_triton(x, weight) and x.dtype != torch.float64:
+    if use_triton(x, weight):
         return _feacali.conv_in_lrelu_triton(x, weight, bias, eps, negative_slope)
     return reference.conv_in_lrelu(x, weight, bias, eps, negative_slope)
 
@@ -113,7 +116,7 @@ def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases
     shape against the cuDNN chain and the faster one is kept: attorch found
     Triton convolutions slower than cuDNN, so the winner is measured, not assumed."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if needs_grad or not use_triton(x, *weights) or x.dtype == torch.float64:
+    if needs_grad or not use_triton(x, *weights):
         for weight, bias in zip(weights, biases):
             x = conv_in_lrelu(x, weight, bias, eps, negative_slope)
         return x
