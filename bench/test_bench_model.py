@@ -24,11 +24,13 @@ def build(backbone, size):
 
 
 def compiled_predict(model):
-    features = torch.compile(model.inference_features)
+    """torch.compile of the whole reference inference (outside
+    kernels.triton_in_compiled_graphs, so inductor traces the reference ops)."""
+    maps = torch.compile(lambda x: model.anomaly_maps(*model.inference_features(x), x.shape[-2:]))
 
     @torch.no_grad()
     def predict(x):
-        return model.anomaly_maps(*features(x), x.shape[-2:])
+        return maps(x)
 
     return predict
 

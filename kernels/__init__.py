@@ -5,17 +5,25 @@ the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`; the Triton
 kernels behind them must reproduce it.
 
 One dispatch rule, here and nowhere else: a Triton kernel runs when Triton is
-importable, ``SACD_DISABLE_TRITON`` is not ``1``, the call is not being traced
-by torch.compile (inductor then generates its own kernels from the
-references), no tensor is float64 (the kernels compute in fp32), and either
-every tensor is on CUDA or ``TRITON_INTERPRET=1`` (the Triton interpreter, on
-the CPU). Otherwise the reference runs.
+importable, ``SACD_DISABLE_TRITON`` is not ``1``, no tensor is float64 (the
+kernels compute in fp32), and either every tensor is on CUDA or
+``TRITON_INTERPRET=1`` (the Triton interpreter, on the CPU). Otherwise the
+reference runs.
+
+While torch.compile traces, the references are traced (inductor generates
+its own kernels from them), except inside :func:`triton_in_compiled_graphs`:
+there the two inference paths, the anomaly map and the FeaCali chain without
+gradients, enter the graph as the custom ops of :mod:`.ops`. torch.compile
+guards on that block, so a graph compiled inside it is only reused inside it.
+Eager calls go to the launchers directly: the custom-op dispatcher would add
+about 15 us to each (measured on the development CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -24,17 +32,34 @@ from . import reference
 try:
     from . import anomaly_map as _anomaly_map
     from . import feacali as _feacali
+    from . import ops as _ops
     from . import simplex as _simplex
 except ImportError:  # Triton is not installed: the references serve
-    _anomaly_map = _feacali = _simplex = None
+    _anomaly_map = _feacali = _ops = _simplex = None
 
-__all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "pick_faster", "simplex_noise3d",
-           "synthesize_patches", "use_triton"]
+__all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "simplex_noise3d", "synthesize_patches",
+           "triton_in_compiled_graphs", "use_triton"]
+
+_triton_in_graphs = False
 
 
-def use_triton(*tensors: torch.Tensor) -> bool:
-    """The dispatch rule (see the module docstring)."""
-    if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1" or torch.compiler.is_compiling():
+@contextlib.contextmanager
+def triton_in_compiled_graphs() -> Iterator[None]:
+    """torch.compile, when it traces inside this block, calls the Triton anomaly
+    map and FeaCali chain as custom ops instead of tracing their references."""
+    global _triton_in_graphs
+    outer, _triton_in_graphs = _triton_in_graphs, True
+    try:
+        yield
+    finally:
+        _triton_in_graphs = outer
+
+
+def use_triton(*tensors: torch.Tensor, has_op: bool = False) -> bool:
+    """The dispatch rule (see the module docstring); ``has_op``: the path has a custom op."""
+    if _anomaly_map is None or os.environ.get("SACD_DISABLE_TRITON") == "1":
+        return False
+    if torch.compiler.is_compiling() and not (has_op and _triton_in_graphs):
         return False
     if any(t.dtype == torch.float64 for t in tensors):  # the kernels compute in fp32: float64 stays exact
         return False
@@ -56,8 +81,9 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
     """
     teacher, student = list(teacher), list(student)
     reference.check_anomaly_map_args(teacher, student, size, mode)
-    if use_triton(*teacher, *student):
-        return _anomaly_map.cosine_anomaly_map_triton(teacher, student, size, sigma, mode)
+    if use_triton(*teacher, *student, has_op=True):
+        run = _ops.cosine_anomaly_map if torch.compiler.is_compiling() else _anomaly_map.cosine_anomaly_map_triton
+        return run(teacher, student, [int(v) for v in size], float(sigma), mode)
     return reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
 
 
@@ -94,44 +120,16 @@ def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return reference.conv_in_lrelu(x, weight, bias, eps, negative_slope)
 
 
-_FASTER: dict[tuple, str] = {}  # measured winner per (path set, shape, dtype, layout, weights, device)
-
-
-def pick_faster(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]]) -> str:
-    """The candidate that ran fastest for ``key``, timed once (triton.testing.do_bench) and remembered."""
-    if key not in _FASTER:
-        from triton.testing import do_bench
-
-        times = {name: do_bench(fn, warmup=5, rep=20) for name, fn in candidates.items()}
-        _FASTER[key] = min(times, key=times.get)
-    return _FASTER[key]
-
-
 def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
                         eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
-    """A chain of :func:`conv_in_lrelu` blocks.
-
-    Without gradients, on the Triton path, each block's normalisation is fused
-    into the next block's input load. On CUDA the fused chain is timed once per
-    shape against the cuDNN chain and the faster one is kept: attorch found
-    Triton convolutions slower than cuDNN, so the winner is measured, not assumed."""
+    """A chain of :func:`conv_in_lrelu` blocks. Without gradients, on the Triton
+    path, the fused chain runs (each block's normalisation fused into the next
+    block's input load), or the cuDNN chain where that was measured faster
+    (:func:`sacd_fast.kernels.feacali.fastest_stack`)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if needs_grad or not use_triton(x, *weights):
+    if needs_grad or not use_triton(x, *weights, has_op=True):
         for weight, bias in zip(weights, biases):
             x = conv_in_lrelu(x, weight, bias, eps, negative_slope)
         return x
-
-    def fused():
-        return _feacali.conv_in_lrelu_stack_triton(x, weights, eps, negative_slope)
-
-    def cudnn():
-        out = x
-        for weight, bias in zip(weights, biases):
-            out = reference.conv_in_lrelu(out, weight, bias, eps, negative_slope)
-        return out
-
-    if not x.is_cuda:  # the interpreter: correctness runs, not timings
-        return fused()
-    key = ("feacali", tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
-           tuple(tuple(w.shape) for w in weights), x.device)
-    return fused() if pick_faster(key, {"fused": fused, "cudnn": cudnn}) == "fused" else cudnn()
+    run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
+    return run(x, list(weights), float(eps), float(negative_slope))

@@ -18,6 +18,7 @@ the maps themselves are 8 MB.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -127,10 +128,17 @@ def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _device_taps(sigma: float, device: torch.device) -> torch.Tensor:
+    """float32 taps, made once per (sigma, device): a host-to-device copy is not
+    allowed while a CUDA graph is being captured."""
+    return gaussian_taps(sigma, torch.float32, device)
+
+
 def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian (scipy 'reflect' border) of float32 (B, H, W) maps."""
     b, h, w = maps.shape
-    taps = gaussian_taps(sigma, torch.float32, maps.device)
+    taps = _device_taps(sigma, maps.device)
     radius = (taps.numel() - 1) // 2
     block_y, block_x = min(triton.next_power_of_2(h), 16), min(triton.next_power_of_2(w), 64)
     grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b)

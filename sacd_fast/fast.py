@@ -1,11 +1,14 @@
 """The drop-in fast model: ``sacd_fast.fast(model)``.
 
-On CUDA, the teacher, OCBE, decoder and FeaCali run in channels_last under
-bf16 (or fp16) autocast, compiled by torch.compile. With ``cuda_graphs`` each
-batch size is captured once as a CUDA graph ("reduce-overhead"). The anomaly
-map then runs in the Triton kernel, which reads the low-precision features and
-reduces them in fp32. Inside the compiled region the kernel dispatcher traces
-the reference ops, and inductor generates fused kernels for them.
+On CUDA the whole of inference, teacher to scores, is one torch.compile'd
+graph: the teacher, OCBE, decoder and FeaCali in channels_last under bf16 (or
+fp16) autocast, then the anomaly map. It is compiled inside
+:func:`sacd_fast.kernels.triton_in_compiled_graphs`, so FeaCali's fused
+conv + InstanceNorm + LeakyReLU chain and the anomaly map run as the Triton
+kernels (custom ops; the map reads the low-precision features and reduces them
+in fp32), and inductor generates the rest. With ``cuda_graphs`` each batch
+size is captured once as a CUDA graph ("reduce-overhead"); the maps and scores
+are copied out of the graph's memory, so a later call cannot overwrite them.
 
 On a CPU nothing is changed: the eager fp32 reference ops run, so the fast
 model is never slower than eager there. On the 2-core development CPU
@@ -19,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import kernels
 from .model import SACD, Prediction
 
 
@@ -34,13 +38,21 @@ class FastSACD(nn.Module):
         self.config = model.config
         self.on_cuda = next(model.parameters()).device.type == "cuda"
         self.autocast_dtype = dtype if self.on_cuda and dtype != torch.float32 else None
-        features = model.inference_features
+        self.compiled = self.on_cuda and compile
+        self.cuda_graphs = self.compiled and cuda_graphs
+        self._run = self._maps_and_scores
         if self.on_cuda:
             model.to(memory_format=torch.channels_last)
-            if compile:
-                mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
-                features = torch.compile(features, mode=mode, dynamic=False)
-        self._features = features
+        if self.compiled:
+            mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+            self._run = torch.compile(self._maps_and_scores, mode=mode, dynamic=False)
+
+    def _maps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            teacher, calibrated = self.model.inference_features(x)
+        maps = self.model.anomaly_maps(teacher, calibrated, x.shape[-2:])
+        return maps, maps.flatten(1).amax(1)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
@@ -48,11 +60,11 @@ class FastSACD(nn.Module):
         self.model.check_input(x)
         if self.on_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
-            teacher, calibrated = self._features(x)
-        maps = self.model.anomaly_maps(teacher, calibrated, x.shape[-2:])
-        return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
+        with kernels.triton_in_compiled_graphs():
+            maps, scores = self._run(x)
+        if self.cuda_graphs:  # outputs live in the graph's memory pool until the next replay
+            maps, scores = maps.clone(), scores.clone()
+        return Prediction(scores=scores, maps=maps)
 
 
 def fast(model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
@@ -62,7 +74,7 @@ def fast(model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
     Args:
         model: a trained :class:`SACD`, on the device it should run on.
         dtype: autocast dtype on CUDA (bfloat16, float16, or float32 for none).
-        compile: torch.compile the feature network on CUDA.
+        compile: torch.compile the whole inference on CUDA.
         cuda_graphs: capture one CUDA graph per batch size (needs ``compile``).
     """
     return FastSACD(model, dtype, compile, cuda_graphs)

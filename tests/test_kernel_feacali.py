@@ -123,8 +123,6 @@ def test_training_function_cuda(channels, size):
 def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
     import triton.testing
 
-    from sacd_fast import kernels
-
     timings = {"fused": 2.0, "cudnn": 1.0}
     calls = []
 
@@ -134,10 +132,10 @@ def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
         return timings[name]
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
-    monkeypatch.setattr(kernels, "_FASTER", {})
+    monkeypatch.setattr(feacali, "_FASTER", {})
     candidates = {"fused": lambda: "fused", "cudnn": lambda: "cudnn"}
-    assert kernels.pick_faster(("a",), candidates) == "cudnn"
+    assert feacali.pick_faster(("a",), candidates) == "cudnn"
     timings["fused"] = 0.5  # remembered: no second measurement for the same key
-    assert kernels.pick_faster(("a",), candidates) == "cudnn"
-    assert kernels.pick_faster(("b",), candidates) == "fused"
+    assert feacali.pick_faster(("a",), candidates) == "cudnn"
+    assert feacali.pick_faster(("b",), candidates) == "fused"
     assert calls == ["fused", "cudnn", "fused", "cudnn"]

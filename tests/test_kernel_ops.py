@@ -1,0 +1,66 @@
+"""The Triton paths as custom ops inside torch.compile: fake implementations
+that agree with the real ones (opcheck), and a compiled FeaCali + anomaly-map
+graph that calls the kernels inside ``triton_in_compiled_graphs()`` and traces
+the references outside it, with the same maps either way."""
+
+import pytest
+import torch
+from conftest import random_teacher_model
+
+from sacd_fast import kernels
+from sacd_fast.kernels import reference
+
+ops = pytest.importorskip("sacd_fast.kernels.ops")
+feacali = pytest.importorskip("sacd_fast.kernels.feacali")
+anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_anomaly_map_op_passes_opcheck(dtype):
+    teacher = [torch.randn(2, 6, 5, 7, dtype=dtype), torch.randn(2, 4, 3, 3, dtype=dtype)]
+    student = [torch.randn_like(t) for t in teacher]
+    student[0] = student[0].to(memory_format=torch.channels_last)
+    torch.library.opcheck(ops.cosine_anomaly_map, (teacher, student, [9, 11], 1.0, "add"))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 4, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feacali_op_passes_opcheck(shape, dtype):
+    c = shape[1]
+    x = torch.randn(shape, dtype=dtype)
+    weights = [torch.randn(c // 2, c, 3, 3) / c, torch.randn(c, c // 2, 3, 3) / c]
+    torch.library.opcheck(ops.conv_in_lrelu_stack, (x, weights, 1e-5, 0.01))
+
+
+def test_compiled_graph_calls_the_kernels_only_inside_the_block(monkeypatch):
+    monkeypatch.setenv("SACD_DISABLE_TRITON", "0")
+    model = random_teacher_model("resnet18", 64).eval()
+    teacher = [torch.randn(2, 64, 16, 16), torch.randn(2, 128, 8, 8), torch.randn(2, 256, 4, 4)]
+    student = [torch.randn_like(t).to(memory_format=torch.channels_last) for t in teacher]
+    with torch.no_grad():
+        expected = reference.cosine_anomaly_map(
+            [t.double() for t in teacher],
+            [f.double()(s.double()) for f, s in zip(model.feacali, student)], (64, 64), model.config["sigma"])
+    model.float()
+
+    calls = []
+    for module, name in ((feacali, "fastest_stack"), (anomaly_map, "cosine_anomaly_map_triton")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+
+    def maps(teacher, student):
+        # Doubling is invisible to the cosine, and makes inductor read the op's
+        # output with the strides its fake implementation promised.
+        calibrated = [2 * f(s) for f, s in zip(model.feacali, student)]
+        return kernels.cosine_anomaly_map(teacher, calibrated, (64, 64), model.config["sigma"])
+
+    compiled = torch.compile(maps, fullgraph=True)
+    with torch.no_grad():
+        with kernels.triton_in_compiled_graphs():
+            with_kernels = compiled(teacher, student)
+        assert calls == ["fastest_stack"] * 3 + ["cosine_anomaly_map_triton"]
+        calls.clear()
+        traced_references = compiled(teacher, student)  # the guard: a second graph, without the ops
+        assert calls == []
+    torch.testing.assert_close(with_kernels.double(), expected, rtol=0, atol=2e-4)
+    torch.testing.assert_close(traced_references.double(), expected, rtol=0, atol=2e-4)
