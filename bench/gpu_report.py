@@ -1,14 +1,27 @@
 """One script for a lent GPU: CUDA parity tests, then the benchmark table.
 
-    python bench/gpu_report.py [OUTPUT_DIR]     (default: $OUT, else bench/results)
+    python bench/gpu_report.py [OUTPUT_DIR] [--budget SECONDS] [--steps a,b,...]
 
-Writes OUTPUT_DIR/gpu_report.json (machine line, parity summary, every
-benchmark with its images/s and ratio to the reference provider) and
-OUTPUT_DIR/bench.json (pytest-benchmark's own file), and prints the table
-last. Budget: under five minutes on an H200. torch.compile dominates that
-time, so the compiled training step is left out (run `pytest bench/` for it).
+OUTPUT_DIR defaults to $OUT, else bench/results. The steps run one after the
+other, most important first, each as its own pytest with its own time limit,
+within the whole budget (default 300 s):
+
+    parity       the CUDA tests (kernels at the model's shapes, the fast model)
+    model        whole-model inference, reference vs fast (batch 1 and 32)
+    anomaly_map  the anomaly-map kernel, all providers
+    feacali      the FeaCali stack, all providers, forward and backward
+    synthesis    simplex noise, and a training step with and without synthesis
+
+torch.compile of the whole model and of a whole training step takes about a
+minute per case: the report leaves those two ``compiled`` providers out
+(PERF.md gives their H200 anchors; ``pytest bench/`` runs them). Every benchmark
+row is appended to OUTPUT_DIR/rows.jsonl as it is measured, and
+OUTPUT_DIR/gpu_report.json is rewritten after each step, so a run cut short
+keeps what it measured. A step that did not fit says so; rerun it with
+``--steps``. The table is printed last.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,49 +34,68 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import format_table, machine_line, summary_rows  # noqa: E402
 
+STEPS = {  # name: (pytest arguments, most seconds it may take)
+    "parity": (["tests", "-k", "cuda"], 150),
+    "model": (["bench/test_bench_model.py", "-k", "not compiled"], 150),
+    "anomaly_map": (["bench/test_bench_anomaly_map.py"], 90),
+    "feacali": (["bench/test_bench_feacali.py"], 120),
+    "synthesis": (["bench/test_bench_synthesis.py", "-k", "not (test_training_step and compiled)"], 90),
+}
+MIN_STEP_S = 20
 
-def run(args: list[str], timeout: int) -> tuple[int, str]:
-    started = time.time()
+
+def run_step(args: list[str], timeout: float, env: dict, log: Path) -> tuple[int, str]:
+    """Exit code (124 on timeout) and pytest's outcome line."""
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout)
         code, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as e:
         output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
         code = 124
-    print(f"pytest {' '.join(args)}: exit {code} in {time.time() - started:.0f} s", flush=True)
-    return code, output
+    log.write_text(output)
+    outcomes = [line for line in output.splitlines() if any(w in line for w in ("passed", "failed", "error", "skipped"))]
+    return code, (outcomes[-1].strip("= ") if outcomes else "no outcome line (see the log)")
 
 
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OUT") or ROOT / "bench" / "results")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds for all the steps together")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, from {', '.join(STEPS)}")
+    args = parser.parse_args()
+    steps = args.steps.split(",")
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        parser.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env_note = {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "SACD_DISABLE_TRITON")}
-    code, parity_log = run(["tests", "-q", "-k", "cuda", "-p", "no:cacheprovider"], timeout=150)
-    parity_tail = parity_log.strip().splitlines()[-1] if parity_log.strip() else ""
-    (out / "parity.log").write_text(parity_log)
-    bench_json = out / "bench.json"
-    # torch.compile of a whole training step (about a minute per case) does not fit the budget: left out here.
-    bench_code, bench_log = run(["bench", "-q", "-p", "no:cacheprovider", "-k", "not (test_training_step and compiled)",
-                                 f"--benchmark-json={bench_json}"], timeout=420)
-    (out / "bench.log").write_text(bench_log)
-    rows = []
-    if bench_json.exists():
-        for b in json.loads(bench_json.read_text())["benchmarks"]:
-            info = b.get("extra_info") or {}
-            if "case" in info:
-                rows.append({"case": info["case"], "provider": info["provider"], "ms": b["stats"]["median"] * 1e3,
-                             "items_per_s": info["items_per_s"], "gb_per_s": info.get("gb_per_s"),
-                             "of_copy_floor": info.get("of_copy_floor")})
-    rows = summary_rows(rows)
-    report = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "environment": env_note,
-              "parity": {"exit_code": code, "summary": parity_tail},
-              "bench": {"exit_code": bench_code, "rows": rows}}
-    (out / "gpu_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows_file = out / "rows.jsonl"
+    rows_file.unlink(missing_ok=True)
+    env = {**os.environ, "SACD_BENCH_ROWS": str(rows_file)}
+    report = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "environment": {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "SACD_DISABLE_TRITON")},
+              "steps": {}, "rows": []}
+    deadline = time.monotonic() + args.budget
+    for name in steps:
+        pytest_args, limit = STEPS[name]
+        left = deadline - time.monotonic()
+        if left < MIN_STEP_S:
+            report["steps"][name] = {"exit_code": None, "summary": "not run: out of time (rerun with --steps)"}
+        else:
+            if name != "parity":
+                pytest_args = [*pytest_args, f"--benchmark-json={out / f'bench_{name}.json'}"]
+            started = time.monotonic()
+            code, summary = run_step(pytest_args, min(limit, left), env, out / f"{name}.log")
+            report["steps"][name] = {"exit_code": code, "summary": summary,
+                                     "seconds": round(time.monotonic() - started, 1)}
+            print(f"{name}: exit {code} in {report['steps'][name]['seconds']:.0f} s: {summary}", flush=True)
+        rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+        report["rows"] = summary_rows(rows)
+        (out / "gpu_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"machine: {report['machine']}")
-    print(f"CUDA parity: {parity_tail} (exit {code})")
-    print(format_table(rows))
-    return 0 if code == 0 and bench_code == 0 else 1
+    print(format_table(report["rows"]))
+    return 0 if all(step["exit_code"] == 0 for step in report["steps"].values()) else 1
 
 
 if __name__ == "__main__":
