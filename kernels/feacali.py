@@ -4,7 +4,7 @@
 Inference, a whole stack of blocks:
 
 * ``_conv3x3_stats_kernel``: implicit-GEMM 3x3 convolution (``tl.dot``, any
-  input strides, channels_last preferred) whose epilogue adds each
+  input strides, channels_last preferred; tiles autotuned per shape) whose epilogue adds each
   (sample, channel)'s sum and sum of squares into a small fp32 buffer. With
   ``NORM_INPUT`` it applies the previous block's InstanceNorm + LeakyReLU to
   its input as it loads it, so every conv output is written once and read once.
@@ -24,6 +24,7 @@ one program per (sample, channel) row.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import torch
@@ -35,6 +36,24 @@ from . import reference
 from .layout import pixel_run, pixel_strides
 
 
+def _conv_configs() -> list[triton.Config]:
+    """Tiles for Hopper-class GPUs, tuned per shape. The interpreter checks
+    numbers, not speed: one small tile there."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32})]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+            for m, n, k, warps, stages in [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
+                                           (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4)]]
+
+
+def _drop_wide_tiles(configs, named_args, **kwargs):
+    """No BLOCK_N wider than the output channels need (FeaCali's narrowest layers have 6)."""
+    widest = max(16, triton.next_power_of_2(named_args["C_out"]))
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest] or configs[:1]
+
+
+@triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT"],
+                 reset_to_zero=["out_stats_ptr"], prune_configs_by={"early_config_prune": _drop_wide_tiles})
 @triton.jit
 def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, out_stats_ptr,
                           C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw,
@@ -172,12 +191,10 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
         weight = weight.to(x.dtype)
     y = _like(x, c_out)
     stats = torch.zeros((n, c_out, 2), dtype=torch.float32, device=x.device)
-    block_m, block_n, block_k = 64, min(max(triton.next_power_of_2(c_out), 16), 64), 32
-    grid = (triton.cdiv(h * w, block_m), triton.cdiv(c_out, block_n), n)
+    grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n)  # noqa: E731
     _conv3x3_stats_kernel[grid](
         x, weight, y, stats if in_stats is None else in_stats, stats, c_in, c_out, h, w, *x.stride(),
-        *y.stride(), 1.0 / (h * w), eps, slope,
-        NORM_INPUT=in_stats is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        *y.stride(), 1.0 / (h * w), eps, slope, NORM_INPUT=in_stats is not None)
     return y, stats
 
 

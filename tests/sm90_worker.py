@@ -42,7 +42,7 @@ class Recorder:
 
 def record(module, label: str):
     for name, value in vars(module).copy().items():
-        if isinstance(value, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
+        if isinstance(value, (triton.runtime.jit.JITFunction, triton.runtime.Autotuner)) and name.endswith("_kernel"):
             setattr(module, name, Recorder(f"{name} [{label}]", value))
 
 
@@ -116,18 +116,26 @@ def wide_resnet_launches():
     restore(simplex)
 
 
+def variants(kernel, kwargs: dict):
+    """(JITFunction, launch keywords) for a kernel, one per autotuning config."""
+    if isinstance(kernel, triton.runtime.Autotuner):
+        return [(kernel.fn, {**kwargs, **config.kwargs, "num_warps": config.num_warps,
+                             "num_stages": config.num_stages}) for config in kernel.configs]
+    return [(kernel, kwargs)]
+
+
 def main() -> int:
     wide_resnet_launches()
-    report, seen = {}, set()
+    report = {}
     for label, kernel, args, kwargs in LAUNCHES:
-        key = (label, tuple(specialise(a) for a in args), tuple(sorted(kwargs.items())))
-        if key in seen:
-            continue
-        seen.add(key)
-        compiled = compile_launch(kernel, args, dict(kwargs))
-        ptx = compiled.asm["ptx"]
-        name = label + " " + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-        report[name] = {"shared": compiled.metadata.shared, "mma": "mma" in ptx, "fp64": ".f64" in ptx}
+        for fn, launch in variants(kernel, kwargs):
+            name = label + " " + ",".join(f"{k}={v}" for k, v in sorted(launch.items()))
+            name += " " + ",".join(t for t, _ in map(specialise, args) if t.startswith("*"))
+            if name in report:
+                continue
+            compiled = compile_launch(fn, args, dict(launch))
+            ptx = compiled.asm["ptx"]
+            report[name] = {"shared": compiled.metadata.shared, "mma": "mma" in ptx, "fp64": ".f64" in ptx}
     print(json.dumps(report))
     return 0
 

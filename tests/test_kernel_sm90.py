@@ -1,6 +1,6 @@
 """Every Triton kernel compiles for sm_90 (H100/H200) at the launch
-configurations the wrappers use for WideResNet-50-2 at 256², checked on a
-machine without a GPU (tests/sm90_worker.py)."""
+configurations the wrappers use for WideResNet-50-2 at 256², every autotuning
+config included, checked on a machine without a GPU (tests/sm90_worker.py)."""
 
 import json
 import os
@@ -34,8 +34,9 @@ def test_every_kernel_compiles_for_sm90(report):
 
 
 def test_convolution_uses_tensor_cores_and_no_kernel_but_noise_uses_fp64(report):
-    conv = [info for name, info in report.items() if name.startswith("_conv3x3_stats_kernel")]
-    assert len(conv) == 4  # fp32 and bf16, with and without the input normalisation
-    assert all(info["mma"] for info in conv)
+    conv = {name: info for name, info in report.items() if name.startswith("_conv3x3_stats_kernel")}
+    for variant in ("[fp32]", "[bf16]", "NORM_INPUT=False", "NORM_INPUT=True", "num_warps=4", "num_warps=8"):
+        assert any(variant in name for name in conv), variant  # every autotuning config, both dtypes
+    assert all(info["mma"] for info in conv.values())
     fp64 = {name.split(" ")[0] for name, info in report.items() if info["fp64"]}
     assert fp64 == {"_noise_field_kernel", "_synthesize_kernel"}  # opensimplex's float64, on purpose
