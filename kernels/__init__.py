@@ -102,13 +102,15 @@ def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6,
     return reference.simplex_noise3d(shape, seeds, octaves, persistence, frequency)
 
 
-def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float,
-                       patch_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x01 + strength * noise`` inside each image's patch (noise in patch-local coordinates);
-    ``geometry`` int64 (B, 4) is (top, left, height, width). Returns the batch and (B, 1, H, W) masks."""
-    if use_triton(x01, seeds, geometry):
-        return _simplex.synthesize_triton(x01, seeds, geometry, strength)
-    return reference.synthesize_patches(x01, seeds, geometry, strength, patch_shape)
+def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, bounds_h: tuple[int, int],
+                       bounds_w: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x01 + strength * noise`` inside each image's patch, whose place and
+    sides (in [low, high) of ``bounds_h``/``bounds_w``) come from its seed
+    (:func:`reference.patch_geometry`); noise in patch-local coordinates.
+    Returns the batch and (B, 1, H, W) masks."""
+    if use_triton(x01, seeds):
+        return _simplex.synthesize_triton(x01, seeds, strength, bounds_h, bounds_w)
+    return reference.synthesize_patches(x01, seeds, strength, bounds_h, bounds_w)
 
 
 def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 1e-5,

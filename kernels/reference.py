@@ -338,15 +338,33 @@ def simplex_noise3d(
     return total.float()
 
 
-def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float,
-                       patch_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+GEOMETRY_SALT = 0x5DEECE66D  # xor-ed into the seed: the patch draws differ from the noise's own stream
+
+
+def patch_geometry(seeds: torch.Tensor, height: int, width: int, bounds_h: tuple[int, int],
+                   bounds_w: tuple[int, int]) -> torch.Tensor:
+    """Per-image patch (top, left, h, w), int64 (B, 4), from four draws of each
+    seed's LCG stream: sides uniform in [low, high) of ``bounds_h``/``bounds_w``,
+    then a uniform place inside the image."""
+    (lo_h, hi_h), (lo_w, hi_w) = bounds_h, bounds_w
+    state, draws = seeds ^ GEOMETRY_SALT, []
+    for _ in range(4):
+        state = lcg_step(state)
+        draws.append(state >> 17 & 0x3FFFFFFF)
+    d_h, d_w, d_top, d_left = draws
+    h = lo_h + d_h % (hi_h - lo_h)
+    w = lo_w + d_w % (hi_w - lo_w)
+    return torch.stack([d_top % (height - h + 1), d_left % (width - w + 1), h, w], dim=1)
+
+
+def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, bounds_h: tuple[int, int],
+                       bounds_w: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Add ``strength * noise`` (6-octave simplex noise in patch-local coordinates)
-    inside each image's patch; ``geometry`` int64 (B, 4) is (top, left, height,
-    width) and ``patch_shape`` bounds the patch sides. Returns the batch and
+    inside each image's patch (:func:`patch_geometry`). Returns the batch and
     float masks (B, 1, H, W)."""
     b, c, height, width = x01.shape
-    top, left, h, w = geometry.unbind(1)
-    noise = simplex_noise3d((b, c, *patch_shape), seeds)
+    top, left, h, w = patch_geometry(seeds, height, width, bounds_h, bounds_w).unbind(1)
+    noise = simplex_noise3d((b, c, bounds_h[1], bounds_w[1]), seeds)
     rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
     cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
     inside_rows = (rows >= 0) & (rows < h.view(b, 1))

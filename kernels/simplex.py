@@ -6,16 +6,19 @@
   64-bit LCG wrapping like C.
 * ``_noise_field_kernel``: fractal noise on a (B, C, H, W) grid, as the
   reference :func:`sacd_fast.kernels.reference.simplex_noise3d`.
-* ``_synthesize_kernel``: one launch for the whole batch. It copies every
-  image, adds ``strength * noise`` inside each image's patch (noise in
-  patch-local coordinates) and writes the masks. A tile that misses its
-  image's patch only copies.
+* ``_synthesize_kernel``: one launch for the whole batch. It places each
+  image's patch from its seed (as ``reference.patch_geometry``), copies every
+  image, adds ``strength * noise`` inside the patch (noise in patch-local
+  coordinates) and writes the masks. A tile that misses its image's patch
+  only copies.
 
 The noise is evaluated in float64, as opensimplex does, so that it matches the
 package to 1e-5 at every octave; the field is stored in float32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -41,9 +44,9 @@ def _permutation_kernel(seeds_ptr, perm_ptr, grad_index_ptr):
     for k in range(256):
         i = 255 - k
         state = _lcg(state)
-        r = state % (i + 1)
-        r = tl.where(r < 0, r + i + 1, r)
-        r = (r + 31) % (i + 1)
+        r = state % (i + 1)  # C remainder of the int64 state, made a floor modulo, in [0, i]:
+        r = tl.where(r < 0, r + i + 1, r).to(tl.int32)
+        r = (r + 31) % (i + 1)  # so the second modulo runs in int32
         picked = tl.sum(tl.where(o == r, source, 0))
         last = tl.sum(tl.where(o == i, source, 0))
         perm = tl.where(o == i, picked, perm)
@@ -233,16 +236,34 @@ def _noise_field_kernel(perm_ptr, grad_index_ptr, vectors_ptr, params_ptr, out_p
 
 
 @triton.jit
-def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, geometry_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
-                       C, H, W, strength,
+def _draw(state):
+    state = _lcg(state)
+    return state, (state >> 17) & 0x3FFFFFFF
+
+
+@triton.jit
+def _patch_geometry(seed, H, W, lo_h, hi_h, lo_w, hi_w):
+    """(top, left, height, width) as :func:`sacd_fast.kernels.reference.patch_geometry`."""
+    state = seed ^ 0x5DEECE66D
+    state, d_h = _draw(state)
+    state, d_w = _draw(state)
+    state, d_top = _draw(state)
+    state, d_left = _draw(state)
+    height = lo_h + d_h % (hi_h - lo_h)
+    width = lo_w + d_w % (hi_w - lo_w)
+    top = d_top % (H - height + 1)
+    left = d_left % (W - width + 1)
+    return top.to(tl.int32), left.to(tl.int32), height.to(tl.int32), width.to(tl.int32)
+
+
+@triton.jit
+def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, seeds_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
+                       C, H, W, lo_h, hi_h, lo_w, hi_w, strength,
                        OCTAVES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     i_x, i_y, i_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b = i_bc // C
     i_c = i_bc % C
-    top = tl.load(geometry_ptr + i_b * 4).to(tl.int32)
-    left = tl.load(geometry_ptr + i_b * 4 + 1).to(tl.int32)
-    height = tl.load(geometry_ptr + i_b * 4 + 2).to(tl.int32)
-    width = tl.load(geometry_ptr + i_b * 4 + 3).to(tl.int32)
+    top, left, height, width = _patch_geometry(tl.load(seeds_ptr + i_b), H, W, lo_h, hi_h, lo_w, hi_w)
     o_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
     o_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
     m = (o_y < H)[:, None] & (o_x < W)[None, :]
@@ -264,12 +285,16 @@ def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, geometry_ptr, perm_ptr, grad_in
         tl.store(mask_ptr + i_b * H * W + offsets, tl.where(inside, 1.0, 0.0).to(mask_ptr.dtype.element_ty), mask=m)
 
 
-def _vectors(device) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _vectors(device: torch.device) -> torch.Tensor:
+    """opensimplex's gradient table on ``device``, made once (no copy per call)."""
     return torch.tensor(GRADIENTS_3D, dtype=torch.float64, device=device).reshape(-1)
 
 
-def _params(persistence: float, frequency: float, device) -> torch.Tensor:
-    """float64 [persistence, 1 / frequency]: kernel float arguments would be rounded to float32."""
+@functools.lru_cache(maxsize=16)
+def _params(persistence: float, frequency: float, device: torch.device) -> torch.Tensor:
+    """float64 [persistence, 1 / frequency], made once per setting: kernel float
+    arguments would be rounded to float32."""
     return torch.tensor([persistence, 1.0 / frequency], dtype=torch.float64, device=device)
 
 
@@ -278,7 +303,8 @@ def simplex_permutations_triton(seeds: torch.Tensor) -> tuple[torch.Tensor, torc
     seeds = seeds.to(torch.int64).reshape(-1).contiguous()
     perm = torch.empty((seeds.numel(), 256), dtype=torch.int32, device=seeds.device)
     grad_index = torch.empty_like(perm)
-    _permutation_kernel[(seeds.numel(),)](seeds, perm, grad_index)
+    # One warp per seed: the shuffle's 512 sequential reductions stay inside the warp.
+    _permutation_kernel[(seeds.numel(),)](seeds, perm, grad_index, num_warps=1)
     return perm, grad_index
 
 
@@ -295,19 +321,21 @@ def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persist
     return out
 
 
-def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, geometry: torch.Tensor, strength: float = 0.2,
-                      octaves: int = 6, persistence: float = 0.6, frequency: float = 32.0
+def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, strength: float, bounds_h: tuple[int, int],
+                      bounds_w: tuple[int, int], octaves: int = 6, persistence: float = 0.6, frequency: float = 32.0
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt a contiguous (B, C, H, W) batch in one launch; ``geometry`` is int64 (B, 4)
-    (top, left, height, width) per image. Returns the batch and float masks (B, 1, H, W)."""
+    """Corrupt a (B, C, H, W) batch: the permutation tables, then one launch that
+    places each image's patch from its seed, adds the noise and writes the float
+    masks (B, 1, H, W)."""
     b, c, h, w = x01.shape
     x01 = x01.contiguous()
+    seeds = seeds.to(torch.int64).reshape(-1).contiguous()
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty_like(x01)
     masks = torch.empty((b, 1, h, w), dtype=x01.dtype, device=x01.device)
     block_y, block_x = 16, min(triton.next_power_of_2(w), 32)
     grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b * c)
-    _synthesize_kernel[grid](x01, out, masks, geometry.contiguous(), perm, grad_index, _vectors(x01.device),
-                             _params(persistence, frequency, x01.device), c, h, w, float(strength),
-                             OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)
+    _synthesize_kernel[grid](x01, out, masks, seeds, perm, grad_index, _vectors(x01.device),
+                             _params(persistence, frequency, x01.device), c, h, w, *bounds_h, *bounds_w,
+                             float(strength), OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)
     return out, masks

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .kernels.reference import lcg_step
+from .kernels import reference
 
 MIN_PATCH = 10
 
@@ -28,24 +28,9 @@ def patch_bounds(size: int) -> tuple[int, int]:
     return low, high
 
 
-def _draws(seeds: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """``count`` non-negative int64 draws per seed from the seed's own LCG stream."""
-    state, out = seeds ^ 0x5DEECE66D, []
-    for _ in range(count):
-        state = lcg_step(state)
-        out.append(state >> 17 & 0x3FFFFFFF)
-    return out
-
-
 def patch_geometry(seeds: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Per-image patch (top, left, h, w) as int64 (B, 4), derived from the seeds."""
-    (lo_h, hi_h), (lo_w, hi_w) = patch_bounds(height), patch_bounds(width)
-    d_h, d_w, d_top, d_left = _draws(seeds, 4)
-    h = lo_h + d_h % (hi_h - lo_h)
-    w = lo_w + d_w % (hi_w - lo_w)
-    top = d_top % (height - h + 1)
-    left = d_left % (width - w + 1)
-    return torch.stack([top, left, h, w], dim=1)
+    return reference.patch_geometry(seeds, height, width, patch_bounds(height), patch_bounds(width))
 
 
 def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,
@@ -71,6 +56,4 @@ def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,
     seeds = seeds.to(device=x01.device, dtype=torch.int64).reshape(-1)
     if seeds.numel() != b:
         raise ValueError(f"synthesize: {seeds.numel()} seeds for a batch of {b}")
-    geometry = patch_geometry(seeds, height, width)
-    return kernels.synthesize_patches(x01, seeds, geometry, strength,
-                                      (patch_bounds(height)[1], patch_bounds(width)[1]))
+    return kernels.synthesize_patches(x01, seeds, strength, patch_bounds(height), patch_bounds(width))

@@ -112,7 +112,7 @@ def wide_resnet_launches():
     record(simplex, "synthesis")
     seeds = torch.arange(2, dtype=torch.int64)
     simplex.simplex_noise3d_triton((2, 3, 256, 256), seeds)
-    simplex.synthesize_triton(torch.empty(2, 3, 256, 256), seeds, torch.zeros(2, 4, dtype=torch.int64))
+    simplex.synthesize_triton(torch.empty(2, 3, 256, 256), seeds, 0.2, (10, 32), (10, 32))
     restore(simplex)
 
 

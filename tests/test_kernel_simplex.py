@@ -9,7 +9,6 @@ from test_synthesis import SEEDS, opensimplex_field
 
 from sacd_fast import synthesize
 from sacd_fast.kernels import reference
-from sacd_fast.synthesis import patch_geometry
 
 simplex = pytest.importorskip("sacd_fast.kernels.simplex")
 
@@ -41,14 +40,24 @@ def test_noise_other_settings_match_the_reference(poison_outputs):
 def test_synthesis_kernel_matches_the_reference(dtype, atol, poison_outputs):
     seeds = torch.tensor([11, -(2**40), 2**50 + 3])
     x = torch.rand(3, 3, 96, 104).to(dtype)
-    geometry = patch_geometry(seeds, 96, 104)
-    out, masks = simplex.synthesize_triton(x, seeds, geometry)
-    expected, expected_masks = reference.synthesize_patches(x, seeds, geometry, 0.2, (12, 13))
+    out, masks = simplex.synthesize_triton(x, seeds, 0.2, (5, 12), (7, 13))
+    expected, expected_masks = reference.synthesize_patches(x, seeds, 0.2, (5, 12), (7, 13))
     assert out.dtype == dtype and masks.shape == (3, 1, 96, 104)
     torch.testing.assert_close(masks, expected_masks, rtol=0, atol=0)
     torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=atol)
     outside = masks.expand_as(x) == 0
     assert torch.equal(out[outside], x[outside])
+
+
+def test_synthesis_kernel_places_patches_from_the_seeds(poison_outputs):
+    """The kernel derives each patch from its seed in int64, as reference.patch_geometry does."""
+    seeds = torch.cat([torch.tensor([0, -1, 2**63 - 1, -(2**63), 2**32 + 17]), torch.randint(-(2**62), 2**62, (11,))])
+    x = torch.rand(len(seeds), 1, 40, 48)
+    _, masks = simplex.synthesize_triton(x, seeds, 0.2, (3, 9), (2, 11))
+    for b, (top, left, h, w) in enumerate(reference.patch_geometry(seeds, 40, 48, (3, 9), (2, 11)).tolist()):
+        expected = torch.zeros(40, 48)
+        expected[top:top + h, left:left + w] = 1
+        assert torch.equal(masks[b, 0], expected), (b, seeds[b].item())
 
 
 def test_synthesize_dispatches_to_the_kernel(monkeypatch):
