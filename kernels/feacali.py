@@ -13,13 +13,14 @@ Inference, a whole stack of blocks:
 ``fastest_stack`` times this chain against the cuDNN chain once per shape on
 CUDA and keeps the faster.
 
-The conv bias is dropped: InstanceNorm subtracts each channel's mean, so a
-per-channel constant never reaches the output (and its gradient is zero).
+At inference the conv bias is dropped: InstanceNorm subtracts each channel's
+mean, so a per-channel constant never reaches the output. In training it stays
+in the convolution, and its gradient comes out zero up to rounding.
 
-Training, one block at a time (``ConvINLReLU``): the convolution and its
-gradients run in cuDNN; ``_in_lrelu_forward_kernel`` and
-``_in_lrelu_backward_kernel`` do InstanceNorm + LeakyReLU and its backward,
-one program per (sample, channel) row.
+Training, one block at a time: the convolution and its gradients run in cuDNN
+under autograd; ``InstanceNormLReLU`` (``_in_lrelu_forward_kernel`` and
+``_in_lrelu_backward_kernel``) does InstanceNorm + LeakyReLU and its
+backward, one program per (sample, channel) row.
 """
 
 from __future__ import annotations
@@ -260,48 +261,39 @@ def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float =
     return fused() if pick_faster(key, {"fused": fused, "cudnn": cudnn}) == "fused" else cudnn()
 
 
-class ConvINLReLU(torch.autograd.Function):
-    """One block for training: cuDNN convolution (and its gradients), Triton
-    InstanceNorm + LeakyReLU forward and backward."""
+class InstanceNormLReLU(torch.autograd.Function):
+    """InstanceNorm + LeakyReLU of a convolution's output ``y`` (N, C, H, W),
+    forward and backward in Triton; autograd differentiates the convolution."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, negative_slope):
-        y = pixel_run(F.conv2d(x, weight, None, padding=1))
+    def forward(ctx, y, eps, negative_slope):
+        y = pixel_run(y)
         n, c, h, w = y.shape
         out = torch.empty_like(y)
         stats = torch.empty((n * c, 2), dtype=torch.float32, device=y.device)
         block = min(triton.next_power_of_2(h * w), 1024)
         _in_lrelu_forward_kernel[(n * c,)](y, out, stats, c, h * w, *pixel_strides(y), *pixel_strides(out),
                                            eps, negative_slope, BLOCK=block)
-        ctx.save_for_backward(x, weight, y, stats)
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(y, stats)
         ctx.slope = negative_slope
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, y, stats = ctx.saved_tensors
+        y, stats = ctx.saved_tensors
         grad_out = pixel_run(grad_out)
         n, c, h, w = y.shape
         dy = torch.empty_like(y)
         block = min(triton.next_power_of_2(h * w), 1024)
         _in_lrelu_backward_kernel[(n * c,)](y, grad_out, dy, stats, c, h * w, *pixel_strides(y),
                                             *pixel_strides(grad_out), *pixel_strides(dy), ctx.slope, BLOCK=block)
-        # Under autocast the forward convolution ran in y's dtype: so do its gradients.
-        x_c, w_c = x.to(y.dtype), weight.to(y.dtype)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(x.shape, w_c, dy, padding=1).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.nn.grad.conv2d_weight(x_c, weight.shape, dy, padding=1).to(weight.dtype)
-        if ctx.has_bias:
-            grad_b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        return grad_x, grad_w, grad_b, None, None
+        return dy, None, None
 
 
 def conv_in_lrelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                          eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
-    """One block; differentiable (``ConvINLReLU``) when gradients are needed, else the fused kernels."""
+    """One block; when gradients are needed, the convolution (cuDNN under autograd)
+    then :class:`InstanceNormLReLU`, else the fused kernels."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return ConvINLReLU.apply(x, weight, bias, eps, negative_slope)
+        return InstanceNormLReLU.apply(F.conv2d(x, weight, bias, padding=1), eps, negative_slope)
     return conv_in_lrelu_stack_triton(x, [weight], eps, negative_slope)

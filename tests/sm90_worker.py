@@ -107,7 +107,7 @@ def wide_resnet_launches():
     record(feacali, "training")
     x = torch.randn(2, 64, 16, 16, requires_grad=True)
     weight = torch.randn(32, 64, 3, 3, requires_grad=True)
-    feacali.ConvINLReLU.apply(x, weight, None, 1e-5, 0.01).sum().backward()
+    feacali.conv_in_lrelu_triton(x, weight).sum().backward()
     restore(feacali)
     record(simplex, "synthesis")
     seeds = torch.arange(2, dtype=torch.int64)
