@@ -58,6 +58,15 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 4 / sorted(times)[2] / 1e9
 
 
+@pytest.fixture(autouse=True)
+def _reference_providers_use_no_kernels(request, monkeypatch):
+    """``reference`` and ``compiled`` stand for what users of plain PyTorch run:
+    on CUDA the model's dispatcher must not reach this library's kernels there."""
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("provider") in ("reference", "compiled"):
+        monkeypatch.setenv("SACD_DISABLE_TRITON", "1")
+
+
 @pytest.fixture
 def timed(benchmark, request):
     """``timed(fn, items=..., bytes=...)``: benchmark ``fn`` (CUDA-synchronised)

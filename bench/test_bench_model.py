@@ -1,7 +1,10 @@
 """Whole-model inference: batch-1 latency and batch throughput, images/s,
 for the providers reference (eager fp32), compiled (torch.compile of the
-same, fp32) and fast (sacd_fast.fast). On a GPU: WideResNet-50-2 at 256²,
-batches 1 and 32. On a CPU: ResNet-18 and Lite0 at 128², batches 1 and 4."""
+same, fp32) and fast (sacd_fast.fast); then each part alone at the
+throughput batch, to show where the time goes (``sacd-fast profile
+--bench-json`` turns those rates into multiply-adds per second). On a GPU:
+WideResNet-50-2 at 256², batches 1 and 32. On a CPU: ResNet-18 and Lite0 at
+128², batches 1 and 4."""
 
 import warnings
 
@@ -44,3 +47,43 @@ def test_inference(timed, provider, batch, backbone, size):
     predict = {"reference": model.predict, "compiled": compiled_predict(model),
                "fast": sacd_fast.fast(model).predict}[provider]
     timed(lambda: predict(x), items=batch)
+
+
+PARTS = ["teacher", "ocbe", "decoder", "feacali", "anomaly_map"]
+
+
+@pytest.mark.parametrize("provider", ["reference", "fast"])
+@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("backbone,size", CASES)
+def test_part(timed, provider, part, backbone, size):
+    """One part at the throughput batch. reference: eager fp32; fast: eager
+    bf16 autocast, channels_last and the Triton kernels (no compile, so that
+    each part is timed alone)."""
+    if provider == "fast" and not ON_GPU:
+        pytest.skip("the fast configuration needs a GPU")
+    fast = provider == "fast"
+    batch = BATCHES[-1]
+    model = build(backbone, size)
+    x = torch.randn(batch, 3, size, size, device=DEVICE)
+    if fast:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def autocast():
+        return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=fast)
+
+    with torch.no_grad(), autocast():
+        teacher = model.teacher(x)
+        code = model.ocbe(teacher)
+        student = model.decoder(code)
+        calibrated = [f(s) for f, s in zip(model.feacali, student)]
+    fn = {"teacher": lambda: model.teacher(x), "ocbe": lambda: model.ocbe(teacher),
+          "decoder": lambda: model.decoder(code),
+          "feacali": lambda: [f(s) for f, s in zip(model.feacali, student)],
+          "anomaly_map": lambda: model.anomaly_maps(teacher, calibrated, (size, size))}[part]
+
+    def run():
+        with torch.no_grad(), autocast():
+            fn()
+
+    timed(run, items=batch)

@@ -219,15 +219,21 @@ def profile_command(args) -> dict:
         print(f"{name:<12} {params / 1e6:>11.2f} {flops / 1e9:>9.3f}")
     if args.bench_json:
         data = json.loads(Path(args.bench_json).read_text())
-        total = report["total"]["flops"] + anomaly_map_flops(model, args.image_size)
+        flops = {part: report[part]["flops"] for part in PARTS}
+        flops["anomaly_map"] = anomaly_map_flops(model, args.image_size)
+        flops["total"] = report["total"]["flops"] + flops["anomaly_map"]
         wanted = (f"backbone={args.backbone}", f"size={args.image_size}")
         for bench in data.get("benchmarks", []):
             info = bench.get("extra_info") or {}
             case = info.get("case", "")
-            if case.startswith("test_inference") and all(w in case for w in wanted):
+            if not all(w in case for w in wanted):
+                continue
+            params = dict(p.split("=", 1) for p in case[case.find("[") + 1:-1].split(",") if "=" in p)
+            part = "total" if case.startswith("test_inference") else params.get("part")
+            if part in flops:  # test_inference: the whole model; test_part: one part
                 rate = info["items_per_s"]
                 print(f"{case} {info['provider']}: {rate:,.0f} images/s = "
-                      f"{rate * total / 1e12:.3f} T multiply-adds/s")
+                      f"{rate * flops[part] / 1e12:.3f} T multiply-adds/s")
     return report
 
 

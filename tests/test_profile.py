@@ -1,5 +1,7 @@
 """fvcore parameter and FLOP counts per part."""
 
+import json
+
 import pytest
 from conftest import random_teacher_model
 
@@ -33,3 +35,20 @@ def test_profile_command_prints_a_table(capsys):
     assert main(["profile", "--backbone", "resnet18", "--image-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "anomaly map" in out and "feacali" in out and "total" in out
+
+
+def test_profile_command_turns_bench_rates_into_multiply_adds_per_second(tmp_path, capsys):
+    cases = {"test_inference[backbone=resnet18,batch=4,size=64]": 100.0,
+             "test_part[backbone=resnet18,part=feacali,size=64]": 1000.0,
+             "test_part[backbone=resnet18,part=teacher,size=128]": 5.0}  # another size: not reported
+    bench = {"benchmarks": [{"extra_info": {"case": case, "provider": "fast", "items_per_s": rate}}
+                            for case, rate in cases.items()]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    assert main(["profile", "--backbone", "resnet18", "--image-size", "64",
+                 "--bench-json", str(tmp_path / "bench.json")]) == 0
+    out = capsys.readouterr().out
+    report = sacd_fast.profile(random_teacher_model("resnet18", 64))
+    feacali = f"{1000.0 * report['feacali']['flops'] / 1e12:.3f} T multiply-adds/s"
+    assert f"part=feacali,size=64] fast: 1,000 images/s = {feacali}" in out
+    assert "test_inference[backbone=resnet18,batch=4,size=64] fast: 100 images/s" in out
+    assert "size=128" not in out
