@@ -128,14 +128,18 @@ def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
 
     def fake_do_bench(fn, warmup, rep):
         name = fn()
-        calls.append(name)
+        calls.append("timed " + name)
         return timings[name]
+
+    def candidate(name):
+        return lambda: calls.append(name) or name
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
     monkeypatch.setattr(feacali, "_FASTER", {})
-    candidates = {"fused": lambda: "fused", "cudnn": lambda: "cudnn"}
+    candidates = {"fused": candidate("fused"), "cudnn": candidate("cudnn")}
     assert feacali.pick_faster(("a",), candidates) == "cudnn"
     timings["fused"] = 0.5  # remembered: no second measurement for the same key
     assert feacali.pick_faster(("a",), candidates) == "cudnn"
     assert feacali.pick_faster(("b",), candidates) == "fused"
-    assert calls == ["fused", "cudnn", "fused", "cudnn"]
+    once = ["fused", "cudnn", "fused", "timed fused", "cudnn", "timed cudnn"]  # warm-up calls, then the timings
+    assert calls == once + once
