@@ -18,7 +18,6 @@ the maps themselves are 8 MB.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Sequence
 
@@ -27,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .layout import pixel_run, pixel_strides
-from .reference import COSINE_EPS, gaussian_taps
+from .reference import COSINE_EPS, gaussian_radius
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -116,16 +115,21 @@ def _reflect(i, n):
 
 
 @triton.jit
-def _gaussian_kernel(in_ptr, out_ptr, taps_ptr, H, W,
+def _gaussian_kernel(in_ptr, out_ptr, H, W, inv_sigma,
                      RADIUS: tl.constexpr, AXIS: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     i_x, i_y, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
     o_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
     m = (o_y < H)[:, None] & (o_x < W)[None, :]
     p_in = in_ptr + i_b * H * W
+    norm = 0.0  # the taps, exp(-d^2 / 2 sigma^2) normalised to sum 1, are made here: no table to upload
+    for j in range(0, 2 * RADIUS + 1):
+        d = (j - RADIUS) * inv_sigma
+        norm += tl.exp(-0.5 * d * d)
     b_acc = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float32)
     for j in range(0, 2 * RADIUS + 1):
-        tap = tl.load(taps_ptr + j)
+        d = (j - RADIUS) * inv_sigma
+        tap = tl.exp(-0.5 * d * d) / norm
         if AXIS == 0:
             src = _reflect(o_y + (j - RADIUS), H)
             offsets = src[:, None] * W + o_x[None, :]
@@ -147,24 +151,16 @@ def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=16)
-def _device_taps(sigma: float, device: torch.device) -> torch.Tensor:
-    """float32 taps, made once per (sigma, device): a host-to-device copy is not
-    allowed while a CUDA graph is being captured."""
-    return gaussian_taps(sigma, torch.float32, device)
-
-
 def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian (scipy 'reflect' border) of float32 (B, H, W) maps."""
     b, h, w = maps.shape
-    taps = _device_taps(sigma, maps.device)
-    radius = (taps.numel() - 1) // 2
+    radius = gaussian_radius(sigma)
     block_y, block_x = min(triton.next_power_of_2(h), 16), min(triton.next_power_of_2(w), 64)
     grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b)
     rows = torch.empty_like(maps)
-    _gaussian_kernel[grid](maps, rows, taps, h, w, RADIUS=radius, AXIS=1, BLOCK_Y=block_y, BLOCK_X=block_x)
+    _gaussian_kernel[grid](maps, rows, h, w, 1.0 / sigma, RADIUS=radius, AXIS=1, BLOCK_Y=block_y, BLOCK_X=block_x)
     out = torch.empty_like(maps)
-    _gaussian_kernel[grid](rows, out, taps, h, w, RADIUS=radius, AXIS=0, BLOCK_Y=block_y, BLOCK_X=block_x)
+    _gaussian_kernel[grid](rows, out, h, w, 1.0 / sigma, RADIUS=radius, AXIS=0, BLOCK_Y=block_y, BLOCK_X=block_x)
     return out
 
 

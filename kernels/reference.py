@@ -40,9 +40,14 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor, dim: int = 1) -> torch.Ten
     return 1.0 - dot / norm.clamp_min(COSINE_EPS)
 
 
+def gaussian_radius(sigma: float) -> int:
+    """Taps on each side of the centre, as ``scipy.ndimage.gaussian_filter`` (truncate=4)."""
+    return int(4.0 * sigma + 0.5)
+
+
 def gaussian_taps(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """The normalised 1-D Gaussian of ``scipy.ndimage.gaussian_filter`` (truncate=4)."""
-    radius = int(4.0 * sigma + 0.5)
+    radius = gaussian_radius(sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     taps = torch.exp(-0.5 * (x / sigma) ** 2)
     return (taps / taps.sum()).to(dtype=dtype, device=device)

@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from .kernels.reference import gaussian_radius
 from .model import SACD
 
 PARTS = ("teacher", "ocbe", "decoder", "feacali")
@@ -33,7 +34,7 @@ def anomaly_map_flops(model: SACD, image_size: int) -> int:
     with torch.no_grad():
         features = model.teacher(torch.zeros(1, 3, image_size, image_size, device=device))
     pixels = image_size * image_size
-    radius = int(4.0 * model.config["sigma"] + 0.5)
+    radius = gaussian_radius(model.config["sigma"])
     return sum(3 * f[0].numel() for f in features) + 4 * len(features) * pixels + 2 * (2 * radius + 1) * pixels
 
 
