@@ -8,7 +8,9 @@ conv + InstanceNorm + LeakyReLU chain and the anomaly map run as the Triton
 kernels (custom ops; the map reads the low-precision features and reduces them
 in fp32), and inductor generates the rest. With ``cuda_graphs`` each batch
 size is captured once as a CUDA graph ("reduce-overhead"); the maps and scores
-are copied out of the graph's memory, so a later call cannot overwrite them.
+are copied out of the graph's memory, so a later call cannot overwrite them. A
+batch smaller than one already compiled is padded up to it, so the last,
+partial batch of a dataset costs no new compilation.
 
 On a CPU nothing is changed: the eager fp32 reference ops run, so the fast
 model is never slower than eager there. On the 2-core development CPU
@@ -41,6 +43,7 @@ class FastSACD(nn.Module):
         self.compiled = self.on_cuda and compile
         self.cuda_graphs = self.compiled and cuda_graphs
         self._run = self._maps_and_scores
+        self._batch_sizes: set[int] = set()  # the batch sizes compiled so far
         if self.on_cuda:
             model.to(memory_format=torch.channels_last)
         if self.compiled:
@@ -58,12 +61,21 @@ class FastSACD(nn.Module):
     def predict(self, x: torch.Tensor) -> Prediction:
         """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
         self.model.check_input(x)
+        batch = x.shape[0]
+        if self.compiled:
+            # One graph per batch size. A batch smaller than one already compiled
+            # (a dataset's last) is padded with zero images instead of compiled
+            # anew: each image is scored on its own, so padding changes no result.
+            size = min((n for n in self._batch_sizes if n >= batch), default=batch)
+            self._batch_sizes.add(size)
+            if size > batch:
+                x = torch.cat([x, x.new_zeros((size - batch, *x.shape[1:]))])
         if self.on_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with kernels.triton_in_compiled_graphs():
             maps, scores = self._run(x)
-        if self.cuda_graphs:  # outputs live in the graph's memory pool until the next replay
-            maps, scores = maps.clone(), scores.clone()
+        if self.cuda_graphs or x.shape[0] > batch:  # graph outputs live in its pool until the next replay
+            maps, scores = maps[:batch].clone(), scores[:batch].clone()
         return Prediction(scores=scores, maps=maps)
 
 

@@ -30,6 +30,24 @@ def test_fast_model_on_cpu_keeps_predictions_and_api(tmp_path):
         sacd_fast.fast(model, dtype=torch.int8)
 
 
+def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():
+    """The compiled path (CUDA) compiles one graph per batch size; smaller batches
+    are padded up to one. Checked here with the graph replaced by the eager function."""
+    model = random_teacher_model("resnet18", 64).eval()
+    fast = sacd_fast.fast(model)
+    fast.compiled = True
+    sizes = []
+    fast._run = lambda x: sizes.append(x.shape[0]) or fast._maps_and_scores(x)
+    for batch in (4, 2, 4, 6, 3, 5):
+        x = torch.randn(batch, 3, 64, 64)
+        out = fast.predict(x)
+        expected = model.predict(x)
+        assert out.maps.shape == (batch, 64, 64) and out.scores.shape == (batch,)
+        torch.testing.assert_close(out.maps, expected.maps, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.scores, expected.scores, rtol=0, atol=1e-5)
+    assert sizes == [4, 4, 4, 6, 4, 6]
+
+
 def test_fast_training_flag_on_cpu_changes_nothing():
     data = torch.rand(4, 3, 64, 64)
     histories = []
@@ -73,3 +91,6 @@ def test_fast_model_cuda_matches_reference_maps_and_ranking():
     for _ in range(3):  # replays of the captured graph leave earlier results alone
         fast.predict(torch.randn_like(x))
     assert torch.equal(out.maps, kept)
+    part = fast.predict(x[:5])  # padded to the captured batch of 16
+    assert part.maps.shape == (5, 256, 256)
+    assert (part.maps - expected.maps[:5]).norm() / expected.maps[:5].norm() <= 1e-2
