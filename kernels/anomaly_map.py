@@ -7,8 +7,8 @@ Three steps, each a single pass over its data:
    contiguous or channels_last: the pixel and channel strides are arguments),
    accumulating in fp32, its tile autotuned per shape;
 2. ``_upsample_combine_kernel``: bilinear upsampling (align_corners=True) of
-   one scale's distances onto the output, added to (or multiplied with) the
-   running map;
+   up to three scales' distances onto the output, summed (or multiplied) in
+   the order of the scales, the map written once;
 3. ``_gaussian_kernel``: one axis of the separable Gaussian with scipy's
    'reflect' border, on 2-D tiles so that both passes read rows coalesced.
 
@@ -77,13 +77,8 @@ def _cosine_distance_kernel(t_ptr, s_ptr, out_ptr, C, P,
 
 
 @triton.jit
-def _upsample_combine_kernel(d_ptr, out_ptr, h, w, H, W, scale_y, scale_x,
-                             MODE: tl.constexpr, BLOCK: tl.constexpr):
-    # MODE 0: out = up(d); 1: out += up(d); 2: out *= up(d)
-    i_o, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    o = i_o * BLOCK + tl.arange(0, BLOCK)
-    m = o < H * W
-    y, x = o // W, o % W
+def _bilinear(p_d, h, w, scale_y, scale_x, y, x, m):
+    """Bilinear samples (align_corners=True) of one (h, w) map at output pixels (y, x)."""
     src_y = y.to(tl.float32) * scale_y
     src_x = x.to(tl.float32) * scale_x
     y0 = tl.minimum(src_y.to(tl.int32), h - 1)
@@ -92,17 +87,34 @@ def _upsample_combine_kernel(d_ptr, out_ptr, h, w, H, W, scale_y, scale_x,
     x1 = tl.minimum(x0 + 1, w - 1)
     wy = src_y - y0.to(tl.float32)
     wx = src_x - x0.to(tl.float32)
-    p_d = d_ptr + i_b * h * w
     v00 = tl.load(p_d + y0 * w + x0, mask=m, other=0.0)
     v01 = tl.load(p_d + y0 * w + x1, mask=m, other=0.0)
     v10 = tl.load(p_d + y1 * w + x0, mask=m, other=0.0)
     v11 = tl.load(p_d + y1 * w + x1, mask=m, other=0.0)
-    b_v = (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11)
+    return (1.0 - wy) * ((1.0 - wx) * v00 + wx * v01) + wy * ((1.0 - wx) * v10 + wx * v11)
+
+
+@triton.jit
+def _upsample_combine_kernel(out_ptr, H, W, d0_ptr, h0, w0, sy0, sx0, d1_ptr, h1, w1, sy1, sx1,
+                             d2_ptr, h2, w2, sy2, sx2,
+                             SCALES: tl.constexpr, ACCUMULATE: tl.constexpr, MUL: tl.constexpr, BLOCK: tl.constexpr):
+    """Up to three scales' distances, upsampled and summed (or multiplied) in
+    order, written to ``out`` (or combined with it, with ``ACCUMULATE``)."""
+    i_o, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o = i_o * BLOCK + tl.arange(0, BLOCK)
+    m = o < H * W
+    y, x = o // W, o % W
+    b_v = _bilinear(d0_ptr + i_b * h0 * w0, h0, w0, sy0, sx0, y, x, m)
+    if SCALES > 1:
+        b_k = _bilinear(d1_ptr + i_b * h1 * w1, h1, w1, sy1, sx1, y, x, m)
+        b_v = b_v * b_k if MUL else b_v + b_k
+    if SCALES > 2:
+        b_k = _bilinear(d2_ptr + i_b * h2 * w2, h2, w2, sy2, sx2, y, x, m)
+        b_v = b_v * b_k if MUL else b_v + b_k
     p_out = out_ptr + i_b * H * W + o
-    if MODE == 1:
-        b_v += tl.load(p_out, mask=m, other=0.0)
-    elif MODE == 2:
-        b_v *= tl.load(p_out, mask=m, other=0.0)
+    if ACCUMULATE:
+        b_prev = tl.load(p_out, mask=m, other=0.0)
+        b_v = b_prev * b_v if MUL else b_prev + b_v
     tl.store(p_out, b_v, mask=m)
 
 
@@ -169,14 +181,17 @@ def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence
     """Triton implementation of :func:`sacd_fast.kernels.reference.cosine_anomaly_map` (float32 out)."""
     height, width = (int(v) for v in size)
     batch = teacher[0].shape[0]
-    out = torch.empty((batch, height, width), dtype=torch.float32, device=teacher[0].device)
-    block = min(triton.next_power_of_2(height * width), 1024)
-    for k, (t, s) in enumerate(zip(teacher, student)):
+    scales = []  # (distances, h, w, scale_y, scale_x) per scale
+    for t, s in zip(teacher, student):
         distance = cosine_distance_triton(t, s)
         h, w = distance.shape[1:]
-        scale_y = (h - 1) / (height - 1) if height > 1 else 0.0
-        scale_x = (w - 1) / (width - 1) if width > 1 else 0.0
-        combine = 0 if k == 0 else (1 if mode == "add" else 2)
+        scales.append((distance, h, w, (h - 1) / (height - 1) if height > 1 else 0.0,
+                       (w - 1) / (width - 1) if width > 1 else 0.0))
+    out = torch.empty((batch, height, width), dtype=torch.float32, device=teacher[0].device)
+    block = min(triton.next_power_of_2(height * width), 1024)
+    for first in range(0, len(scales), 3):  # three scales a launch: SACD's whole map in one
+        chunk = scales[first:first + 3]
+        args = [a for scale in chunk + chunk[:1] * (3 - len(chunk)) for a in scale]  # unused slots: ignored
         _upsample_combine_kernel[(triton.cdiv(height * width, block), batch)](
-            distance, out, h, w, height, width, scale_y, scale_x, MODE=combine, BLOCK=block)
+            out, height, width, *args, SCALES=len(chunk), ACCUMULATE=first > 0, MUL=mode == "mul", BLOCK=block)
     return gaussian_blur_triton(out, sigma) if sigma > 0 else out

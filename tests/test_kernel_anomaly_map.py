@@ -53,6 +53,15 @@ def test_anomaly_map_parity(batch, shapes, size, dtype, channels_last, mode, poi
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_more_than_three_scales(mode, poison_outputs):
+    """The upsampling takes three scales a launch; the next ones are combined into the map, in order."""
+    teacher, student = features(2, [(8, 4, 4), (6, 3, 5), (5, 2, 2), (9, 5, 3), (4, 1, 1)], torch.float32, False)
+    out = anomaly_map.cosine_anomaly_map_triton(teacher, student, (9, 10), 1.0, mode)
+    expected = float64_reference(teacher, student, (9, 10), mode, sigma=1.0)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("sigma", [0.0, 1.0, 2.5, 4.0])
 def test_gaussian_filter_equals_scipy(sigma, poison_outputs):
     ndimage = pytest.importorskip("scipy.ndimage")
