@@ -54,7 +54,8 @@ def run_step(args: list[str], timeout: float, env: dict, log: Path) -> tuple[int
         output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
         code = 124
     log.write_text(output)
-    outcomes = [line for line in output.splitlines() if any(w in line for w in ("passed", "failed", "error", "skipped"))]
+    outcomes = [line for line in output.splitlines()
+                if any(word in line for word in ("passed", "failed", "error", "skipped"))]
     return code, (outcomes[-1].strip("= ") if outcomes else "no outcome line (see the log)")
 
 

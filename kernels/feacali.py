@@ -4,8 +4,9 @@
 Inference, a whole stack of blocks:
 
 * ``_conv3x3_stats_kernel``: implicit-GEMM 3x3 convolution (``tl.dot``, any
-  input strides, channels_last preferred; tiles autotuned per shape) whose epilogue adds each
-  (sample, channel)'s sum and sum of squares into a small fp32 buffer. With
+  input strides, channels_last preferred; tiles autotuned per shape) whose
+  epilogue adds each (sample, channel)'s sum and sum of squares into a small
+  fp32 buffer. With
   ``NORM_INPUT`` it applies the previous block's InstanceNorm + LeakyReLU to
   its input as it loads it, so every conv output is written once and read once.
 * ``_in_lrelu_apply_kernel``: the light pass that normalises the last block.
