@@ -27,6 +27,7 @@ import triton.language as tl
 
 from .layout import pixel_run, pixel_strides
 from .reference import COSINE_EPS, gaussian_radius
+from .tuning import quick_bench
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -50,7 +51,7 @@ def _drop_oversized_tiles(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=_cosine_configs(), key=["C", "P", "t_sc", "s_sc"],
-                 prune_configs_by={"early_config_prune": _drop_oversized_tiles})
+                 prune_configs_by={"early_config_prune": _drop_oversized_tiles}, do_bench=quick_bench)
 @triton.jit
 def _cosine_distance_kernel(t_ptr, s_ptr, out_ptr, C, P,
                             t_sb, t_sc, t_sp, s_sb, s_sc, s_sp, eps,

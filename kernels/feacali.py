@@ -27,7 +27,7 @@ backward, one program per (sample, channel) row.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ import triton.language as tl
 
 from . import reference
 from .layout import pixel_run, pixel_strides
+from .tuning import pick_faster, quick_bench
 
 
 def _conv_configs() -> list[triton.Config]:
@@ -55,7 +56,8 @@ def _drop_wide_tiles(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT"],
-                 reset_to_zero=["out_stats_ptr"], prune_configs_by={"early_config_prune": _drop_wide_tiles})
+                 reset_to_zero=["out_stats_ptr"], prune_configs_by={"early_config_prune": _drop_wide_tiles},
+                 do_bench=quick_bench)
 @triton.jit
 def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, out_stats_ptr,
                           C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw,
@@ -220,23 +222,6 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
         y, stats, out, c, h * w, *pixel_strides(y), *pixel_strides(out), 1.0 / (h * w), eps, negative_slope,
         BLOCK=block)
     return out
-
-
-_FASTER: dict[tuple, str] = {}  # measured winner per (path set, shape, dtype, layout, weights, device)
-
-
-def pick_faster(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]]) -> str:
-    """The candidate that ran fastest for ``key``, timed once (triton.testing.do_bench) and remembered.
-    Each runs once before the timing: a first call compiles and autotunes, and
-    do_bench would size its repetitions from that slow call."""
-    if key not in _FASTER:
-        from triton.testing import do_bench
-
-        for fn in candidates.values():
-            fn()
-        times = {name: do_bench(fn, warmup=5, rep=20) for name, fn in candidates.items()}
-        _FASTER[key] = min(times, key=times.get)
-    return _FASTER[key]
 
 
 def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,

@@ -123,10 +123,12 @@ def test_training_function_cuda(channels, size):
 def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
     import triton.testing
 
+    from sacd_fast.kernels import tuning
+
     timings = {"fused": 2.0, "cudnn": 1.0}
     calls = []
 
-    def fake_do_bench(fn, warmup, rep):
+    def fake_do_bench(fn, **budget):
         name = fn()
         calls.append("timed " + name)
         return timings[name]
@@ -135,11 +137,11 @@ def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
         return lambda: calls.append(name) or name
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
-    monkeypatch.setattr(feacali, "_FASTER", {})
+    monkeypatch.setattr(tuning, "_FASTER", {})
     candidates = {"fused": candidate("fused"), "cudnn": candidate("cudnn")}
-    assert feacali.pick_faster(("a",), candidates) == "cudnn"
+    assert tuning.pick_faster(("a",), candidates) == "cudnn"
     timings["fused"] = 0.5  # remembered: no second measurement for the same key
-    assert feacali.pick_faster(("a",), candidates) == "cudnn"
-    assert feacali.pick_faster(("b",), candidates) == "fused"
+    assert tuning.pick_faster(("a",), candidates) == "cudnn"
+    assert tuning.pick_faster(("b",), candidates) == "fused"
     once = ["fused", "cudnn", "fused", "timed fused", "cudnn", "timed cudnn"]  # warm-up calls, then the timings
     assert calls == once + once
