@@ -3,11 +3,14 @@ that agree with the real ones (opcheck), and a compiled FeaCali + anomaly-map
 graph that calls the kernels inside ``triton_in_compiled_graphs()`` and traces
 the references outside it, with the same maps either way."""
 
+import copy
+
 import pytest
 import torch
 from conftest import random_teacher_model
 
 from sacd_fast import kernels
+from sacd_fast.feacali import FeaCali
 from sacd_fast.kernels import reference
 
 ops = pytest.importorskip("sacd_fast.kernels.ops")
@@ -64,3 +67,19 @@ def test_compiled_graph_calls_the_kernels_only_inside_the_block(monkeypatch):
         assert calls == []
     torch.testing.assert_close(with_kernels.double(), expected, rtol=0, atol=2e-4)
     torch.testing.assert_close(traced_references.double(), expected, rtol=0, atol=2e-4)
+
+
+def test_compiled_graph_with_half_features_and_float_weights(monkeypatch):
+    """As in the fast model under autocast: half-precision features meet float32 weights in the ops."""
+    monkeypatch.setenv("SACD_DISABLE_TRITON", "0")
+    module = FeaCali(32).eval()
+    teacher = torch.randn(2, 32, 8, 8).half()
+    student = torch.randn(2, 32, 8, 8).half().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        calibrated = copy.deepcopy(module).double()(student.double())
+        expected = reference.cosine_anomaly_map([teacher.double()], [calibrated], (16, 16), 4.0)
+    compiled = torch.compile(lambda t, s: kernels.cosine_anomaly_map([t], [2 * module(s)], (16, 16)), fullgraph=True)
+    with torch.no_grad(), kernels.triton_in_compiled_graphs():
+        out = compiled(teacher, student)
+    assert out.dtype == torch.float32 and out.shape == (2, 16, 16)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-3)  # measured 7e-5: fp16 convolutions
