@@ -19,6 +19,11 @@ row is appended to OUTPUT_DIR/rows.jsonl as it is measured, and
 OUTPUT_DIR/gpu_report.json is rewritten after each step, so a run cut short
 keeps what it measured. A step that did not fit says so; rerun it with
 ``--steps``. The table is printed last.
+
+The package must be installed (the kernels in ``kernels/`` install as
+``sacd_fast.kernels``); offline, ``pip install --no-deps --no-build-isolation
+-e .`` does it. The ``opensimplex`` provider of the noise benchmark needs the
+``opensimplex`` package.
 """
 
 import argparse
@@ -65,6 +70,10 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=330.0, help="seconds for all the steps together")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, from {', '.join(STEPS)}")
     args = parser.parse_args()
+    try:
+        import sacd_fast.kernels  # noqa: F401
+    except ImportError as e:
+        parser.error(f"sacd_fast is not installed ({e}): run pip install --no-deps --no-build-isolation -e . first")
     steps = args.steps.split(",")
     unknown = set(steps) - set(STEPS)
     if unknown:
