@@ -15,9 +15,10 @@ within the whole budget (default 290 s, so that the run ends inside five minutes
 torch.compile of the whole model and of a whole training step takes about a
 minute per case: the report leaves those two ``compiled`` providers out
 (PERF.md gives their H200 anchors; ``pytest bench/`` runs them). Every benchmark
-row is appended to OUTPUT_DIR/rows.jsonl as it is measured, and
-OUTPUT_DIR/gpu_report.json is rewritten after each step, so a run cut short
-keeps what it measured. A step that did not fit says so; rerun it with
+row is saved as it is measured, and OUTPUT_DIR/gpu_report.json is rewritten
+after each step, so a run cut short keeps what it measured. Beside it:
+steps.log (every step's pytest output) and bench_<step>.json
+(pytest-benchmark's own files), six files at most. A step that did not fit says so; rerun it with
 ``--steps``. The table is printed last.
 
 The package must be installed (the kernels in ``kernels/`` install as
@@ -31,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +52,7 @@ MIN_STEP_S = 20
 
 
 def run_step(args: list[str], timeout: float, env: dict, log: Path) -> tuple[int, str]:
-    """Exit code (124 on timeout) and pytest's outcome line."""
+    """Run one pytest, its output appended to ``log``: exit code (124 on timeout) and the outcome line."""
     try:
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=timeout)
@@ -58,7 +60,8 @@ def run_step(args: list[str], timeout: float, env: dict, log: Path) -> tuple[int
     except subprocess.TimeoutExpired as e:
         output = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode(errors="replace")
         code = 124
-    log.write_text(output)
+    with log.open("a") as f:
+        f.write(f"===== pytest {' '.join(args)}: exit {code}\n{output}\n")
     outcomes = [line for line in output.splitlines()
                 if any(word in line for word in ("passed", "failed", "error", "skipped"))]
     return code, (outcomes[-1].strip("= ") if outcomes else "no outcome line (see the log)")
@@ -80,8 +83,8 @@ def main() -> int:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_file = out / "rows.jsonl"
-    rows_file.unlink(missing_ok=True)
+    rows_file = Path(tempfile.mkdtemp()) / "rows.jsonl"  # outside OUT: a lent GPU returns at most 8 files
+    (out / "steps.log").unlink(missing_ok=True)
     env = {**os.environ, "SACD_BENCH_ROWS": str(rows_file)}
     report = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "environment": {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "SACD_DISABLE_TRITON")},
@@ -96,7 +99,7 @@ def main() -> int:
             if name != "parity":
                 pytest_args = [*pytest_args, f"--benchmark-json={out / f'bench_{name}.json'}"]
             started = time.monotonic()
-            code, summary = run_step(pytest_args, min(limit, left), env, out / f"{name}.log")
+            code, summary = run_step(pytest_args, min(limit, left), env, out / "steps.log")
             report["steps"][name] = {"exit_code": code, "summary": summary,
                                      "seconds": round(time.monotonic() - started, 1)}
             print(f"{name}: exit {code} in {report['steps'][name]['seconds']:.0f} s: {summary}", flush=True)
