@@ -3,10 +3,11 @@
 On CUDA the whole of inference, teacher to scores, is one torch.compile'd
 graph: the teacher, OCBE, decoder and FeaCali in channels_last under bf16 (or
 fp16) autocast, then the anomaly map. It is compiled inside
-:func:`sacd_fast.kernels.triton_in_compiled_graphs`, so FeaCali's fused
-conv + InstanceNorm + LeakyReLU chain and the anomaly map run as the Triton
-kernels (custom ops; the map reads the low-precision features and reduces them
-in fp32), and inductor generates the rest. With ``cuda_graphs`` each batch
+:func:`sacd_fast.kernels.triton_in_compiled_graphs`, so FeaCali's
+conv + InstanceNorm + LeakyReLU chain (the fused Triton kernels, or cuDNN for a
+shape where that was measured faster) and the Triton anomaly map run as custom
+ops (the map reads the low-precision features and reduces them in fp32), and
+inductor generates the rest. With ``cuda_graphs`` each batch
 size is captured once as a CUDA graph ("reduce-overhead"); the maps and scores
 are copied out of the graph's memory, so a later call cannot overwrite them. A
 batch smaller than one already compiled is padded up to it, so the last,
