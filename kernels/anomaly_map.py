@@ -25,12 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import pixel_run, pixel_strides
+from .layout import kernel_dtype, pixel_run, pixel_strides
 from .reference import COSINE_EPS, gaussian_radius
 from .tuning import quick_bench
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def _cosine_configs() -> list[triton.Config]:
     """Pixel x channel tiles, tuned per shape: small maps (WideResNet's 16x16
@@ -155,8 +152,8 @@ def _gaussian_kernel(in_ptr, out_ptr, H, W, inv_sigma,
 
 def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``1 - cos`` over channels, float32 (B, h, w)."""
-    t = pixel_run(t if t.dtype in SUPPORTED_DTYPES else t.float())
-    s = pixel_run(s if s.dtype in SUPPORTED_DTYPES else s.float())
+    t = pixel_run(t.to(kernel_dtype(t)))
+    s = pixel_run(s.to(kernel_dtype(s)))
     b, c, h, w = t.shape
     out = torch.empty((b, h, w), dtype=torch.float32, device=t.device)
     grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_P"]), b)  # noqa: E731

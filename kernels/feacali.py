@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .layout import pixel_run, pixel_strides
+from .layout import kernel_dtype, pixel_run, pixel_strides
 from .tuning import pick_faster, quick_bench
 
 
@@ -202,16 +202,11 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
     return y, stats
 
 
-def stack_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the inference chain computes and returns in: x's, or float32 for other dtypes."""
-    return x.dtype if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
-
-
 def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,
                                negative_slope: float = 0.01) -> torch.Tensor:
     """A chain of conv3x3 -> InstanceNorm -> LeakyReLU blocks, inference only
     (biases cancel under InstanceNorm). Returns (N, C_last, H, W), channels_last."""
-    x = x.to(stack_dtype(x))
+    x = x.to(kernel_dtype(x))
     y, stats = None, None
     for weight in weights:
         y, stats = _conv_stats(x if y is None else y, weight, stats, eps, negative_slope)
@@ -231,14 +226,14 @@ def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float =
     On CUDA both are timed once per shape and the faster one is kept: attorch
     found Triton convolutions slower than cuDNN, so the winner is measured, not
     assumed. Under the interpreter the fused chain always runs (correctness,
-    not timings). Either way the result is channels_last in ``stack_dtype(x)``,
+    not timings). Either way the result is channels_last in ``kernel_dtype(x)``,
     whatever autocast state the caller is in."""
 
     def fused():
         return conv_in_lrelu_stack_triton(x, weights, eps, negative_slope)
 
     def cudnn():
-        out = x.to(stack_dtype(x))
+        out = x.to(kernel_dtype(x))
         with torch.autocast(x.device.type, enabled=False):
             for weight in weights:
                 out = reference.conv_in_lrelu(out, weight.to(out.dtype), None, eps, negative_slope)

@@ -1,9 +1,15 @@
-"""Memory layouts the kernels accept: (N, C, H, W) tensors whose H*W pixels
-form one evenly strided run, which covers contiguous NCHW and channels_last."""
+"""What the kernels accept: fp32, fp16 or bf16 (N, C, H, W) tensors whose H*W
+pixels form one evenly strided run, which covers contiguous NCHW and
+channels_last."""
 
 from __future__ import annotations
 
 import torch
+
+
+def kernel_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a kernel reads ``t`` in: its own when fp32, fp16 or bf16, else float32."""
+    return t.dtype if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
 
 
 def pixel_run(t: torch.Tensor) -> torch.Tensor:

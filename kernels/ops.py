@@ -17,6 +17,7 @@ schema from the annotations.
 import torch
 
 from . import anomaly_map, feacali
+from .layout import kernel_dtype
 
 
 @torch.library.custom_op("sacd_fast::cosine_anomaly_map", mutates_args=())
@@ -35,12 +36,12 @@ def _(teacher, student, size, sigma, mode):
 def conv_in_lrelu_stack(x: torch.Tensor, weights: list[torch.Tensor], eps: float,
                         negative_slope: float) -> torch.Tensor:
     """The FeaCali chain without gradients on the Triton path (fused, or cuDNN where measured
-    faster): (N, C_last, H, W) in ``feacali.stack_dtype(x)``, channels_last."""
+    faster): (N, C_last, H, W) in ``kernel_dtype(x)``, channels_last."""
     return feacali.fastest_stack(x, weights, eps, negative_slope)
 
 
 @conv_in_lrelu_stack.register_fake
 def _(x, weights, eps, negative_slope):
     n, _, h, w = x.shape
-    return x.new_empty((n, weights[-1].shape[0], h, w), dtype=feacali.stack_dtype(x)).contiguous(
+    return x.new_empty((n, weights[-1].shape[0], h, w), dtype=kernel_dtype(x)).contiguous(
         memory_format=torch.channels_last)
