@@ -178,10 +178,9 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
         tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=o_p < HW)
 
 
-def _like(x: torch.Tensor, channels: int, dtype=None) -> torch.Tensor:
+def _like(x: torch.Tensor, channels: int) -> torch.Tensor:
     n, _, h, w = x.shape
-    return torch.empty((n, channels, h, w), dtype=dtype or x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
+    return torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
 def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | None,
@@ -190,14 +189,13 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
     is given) and the fp32 (N, C_out, 2) sums of its output."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
-    weight = weight.permute(2, 3, 1, 0).reshape(9, c_in, c_out).contiguous()
-    if x.dtype != torch.float32:
-        weight = weight.to(x.dtype)
+    packed = torch.empty((3, 3, c_in, c_out), dtype=x.dtype, device=x.device)
+    packed.copy_(weight.permute(2, 3, 1, 0))  # (tap, C_in, C_out) in x's dtype: one pass over the weights
     y = _like(x, c_out)
     stats = torch.zeros((n, c_out, 2), dtype=torch.float32, device=x.device)
     grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n)  # noqa: E731
     _conv3x3_stats_kernel[grid](
-        x, weight, y, stats if in_stats is None else in_stats, stats, c_in, c_out, h, w, *x.stride(),
+        x, packed, y, stats if in_stats is None else in_stats, stats, c_in, c_out, h, w, *x.stride(),
         *y.stride(), 1.0 / (h * w), eps, slope, NORM_INPUT=in_stats is not None)
     return y, stats
 
