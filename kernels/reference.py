@@ -344,6 +344,7 @@ def simplex_noise3d(
 
 
 GEOMETRY_SALT = 0x5DEECE66D  # xor-ed into the seed: the patch draws differ from the noise's own stream
+DRAW_SHIFT, DRAW_MASK = 17, 0x3FFFFFFF  # a draw keeps 30 bits of the LCG state, from bit 17
 
 
 def patch_geometry(seeds: torch.Tensor, height: int, width: int, bounds_h: tuple[int, int],
@@ -355,7 +356,7 @@ def patch_geometry(seeds: torch.Tensor, height: int, width: int, bounds_h: tuple
     state, draws = seeds ^ GEOMETRY_SALT, []
     for _ in range(4):
         state = lcg_step(state)
-        draws.append(state >> 17 & 0x3FFFFFFF)
+        draws.append(state >> DRAW_SHIFT & DRAW_MASK)
     d_h, d_w, d_top, d_left = draws
     h = lo_h + d_h % (hi_h - lo_h)
     w = lo_w + d_w % (hi_w - lo_w)

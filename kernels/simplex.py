@@ -24,12 +24,23 @@ import torch
 import triton
 import triton.language as tl
 
+from . import reference
 from .reference import GRADIENTS_3D
+
+# The reference's constants, as compile-time constants of the kernels.
+_LCG_MULTIPLIER = tl.constexpr(reference.LCG_MULTIPLIER)
+_LCG_INCREMENT = tl.constexpr(reference.LCG_INCREMENT)
+_STRETCH_3D = tl.constexpr(reference.STRETCH_3D)
+_SQUISH_3D = tl.constexpr(reference.SQUISH_3D)
+_NORM_3D = tl.constexpr(reference.NORM_3D)
+_GEOMETRY_SALT = tl.constexpr(reference.GEOMETRY_SALT)
+_DRAW_SHIFT = tl.constexpr(reference.DRAW_SHIFT)
+_DRAW_MASK = tl.constexpr(reference.DRAW_MASK)
 
 
 @triton.jit
 def _lcg(state):
-    return state * 6364136223846793005 + 1442695040888963407
+    return state * _LCG_MULTIPLIER + _LCG_INCREMENT
 
 
 @triton.jit
@@ -57,7 +68,7 @@ def _permutation_kernel(seeds_ptr, perm_ptr, grad_index_ptr):
 
 @triton.jit
 def _contribution(dx0, dy0, dz0, xsb, ysb, zsb, i, j, k, p_perm, p_grad, p_vectors):
-    s = (i + j + k).to(tl.float64) * (1.0 / 3.0)
+    s = (i + j + k).to(tl.float64) * _SQUISH_3D
     dx = dx0 - i.to(tl.float64) - s
     dy = dy0 - j.to(tl.float64) - s
     dz = dz0 - k.to(tl.float64) - s
@@ -73,11 +84,11 @@ def _contribution(dx0, dy0, dz0, xsb, ysb, zsb, i, j, k, p_perm, p_grad, p_vecto
 @triton.jit
 def _noise3(x, y, z, p_perm, p_grad, p_vectors):
     """Legacy OpenSimplex noise3 (opensimplex's branch tree with tl.where)."""
-    stretch = (x + y + z) * (-1.0 / 6.0)
+    stretch = (x + y + z) * _STRETCH_3D
     xsf = tl.floor(x + stretch)
     ysf = tl.floor(y + stretch)
     zsf = tl.floor(z + stretch)
-    squish = (xsf + ysf + zsf) * (1.0 / 3.0)
+    squish = (xsf + ysf + zsf) * _SQUISH_3D
     dx0 = x - (xsf + squish)
     dy0 = y - (ysf + squish)
     dz0 = z - (zsf + squish)
@@ -206,7 +217,7 @@ def _noise3(x, y, z, p_perm, p_grad, p_vectors):
     value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, one, zero, p_perm, p_grad, p_vectors), 0.0)
     value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, one, zero, one, p_perm, p_grad, p_vectors), 0.0)
     value += tl.where(high, _contribution(dx0, dy0, dz0, xsb, ysb, zsb, zero, one, one, p_perm, p_grad, p_vectors), 0.0)
-    return value / 103.0
+    return value / _NORM_3D
 
 
 @triton.jit
@@ -238,13 +249,13 @@ def _noise_field_kernel(perm_ptr, grad_index_ptr, vectors_ptr, params_ptr, out_p
 @triton.jit
 def _draw(state):
     state = _lcg(state)
-    return state, (state >> 17) & 0x3FFFFFFF
+    return state, (state >> _DRAW_SHIFT) & _DRAW_MASK
 
 
 @triton.jit
 def _patch_geometry(seed, H, W, lo_h, hi_h, lo_w, hi_w):
     """(top, left, height, width) as :func:`sacd_fast.kernels.reference.patch_geometry`."""
-    state = seed ^ 0x5DEECE66D
+    state = seed ^ _GEOMETRY_SALT
     state, d_h = _draw(state)
     state, d_w = _draw(state)
     state, d_top = _draw(state)
