@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "pytest-benchmark", "scikit-image", "elpv-dataset", "triton>=3.0"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "scikit-image", "elpv-dataset", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["sacd-fast=sacd_fast.cli:main"]},
 )

@@ -24,14 +24,14 @@ def eager_stack(modules, features):
 
 
 def fused_stack(modules, features):
-    from sacd_fast.kernels.feacali import conv_in_lrelu_stack_triton, conv_in_lrelu_triton
+    from sacd_fast.kernels.feacali import conv_in_lrelu_stack_triton, conv_in_lrelu_train
 
     if not torch.is_grad_enabled():
         return [conv_in_lrelu_stack_triton(x, [c.weight for c in m.convs]) for m, x in zip(modules, features)]
     out = []
     for module, x in zip(modules, features):
         for conv in module.convs:
-            x = conv_in_lrelu_triton(x, conv.weight, conv.bias)
+            x = conv_in_lrelu_train(x, conv.weight, conv.bias)
         out.append(x)
     return out
 

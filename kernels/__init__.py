@@ -4,11 +4,14 @@ The public functions below are what the model calls. Their meaning is fixed by
 the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`; the Triton
 kernels behind them must reproduce it.
 
-One dispatch rule, here and nowhere else: a Triton kernel runs when Triton is
-importable, ``SACD_DISABLE_TRITON`` is not ``1``, no tensor is float64 (the
-kernels compute in fp32), and either every tensor is on CUDA or
-``TRITON_INTERPRET=1`` (the Triton interpreter, on the CPU). Otherwise the
-reference runs.
+Every public function first checks its arguments
+(:mod:`sacd_fast.kernels.validation`), so both paths accept and refuse the same
+inputs with the same ``ValueError``. Then one dispatch rule, here and nowhere
+else: a Triton kernel runs when Triton is importable, ``SACD_DISABLE_TRITON``
+is not ``1``, no tensor is float64 (the kernels compute in fp32), and every
+tensor is on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (the Triton
+interpreter). Otherwise (other devices too, such as ``meta``) the reference
+runs.
 
 While torch.compile traces, the references are traced (inductor generates
 its own kernels from them), except inside :func:`triton_in_compiled_graphs`:
@@ -27,7 +30,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import reference
+from . import reference, validation
 
 try:
     from . import anomaly_map as _anomaly_map
@@ -63,9 +66,8 @@ def use_triton(*tensors: torch.Tensor, has_op: bool = False) -> bool:
         return False
     if any(t.dtype == torch.float64 for t in tensors):  # the kernels compute in fp32: float64 stays exact
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return all(t.is_cuda for t in tensors)
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    return all(t.device.type == device for t in tensors)
 
 
 def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: Sequence[int],
@@ -73,30 +75,36 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
     """Multi-scale cosine anomaly map, float32 (B, H, W).
 
     Args:
-        teacher, student: sequences of (B, C_k, h_k, w_k) feature maps (fp32,
-            bf16 or fp16; contiguous or channels_last); channels are reduced in fp32.
-        size: output (H, W).
-        sigma: Gaussian sigma (scipy 'reflect' border, 2*int(4*sigma+0.5)+1 taps); 0 disables it.
+        teacher, student: lists of (B, C_k, h_k, w_k) feature maps (float16,
+            bfloat16, float32 or float64; any strides); channels are reduced in fp32.
+        size: output (H, W), integers >= 1.
+        sigma: Gaussian sigma >= 0 (scipy 'reflect' border, 2*int(4*sigma+0.5)+1 taps); 0 disables it.
         mode: "add" sums the upsampled per-scale maps, "mul" multiplies them.
+
+    Example::
+
+        >>> t = [torch.randn(2, 8, 4, 4)]
+        >>> cosine_anomaly_map(t, [x + 0.1 for x in t], (16, 16)).shape
+        torch.Size([2, 16, 16])
     """
-    teacher, student = list(teacher), list(student)
-    reference.check_anomaly_map_args(teacher, student, size, mode)
+    teacher, student, size, sigma, mode = validation.check_anomaly_map(teacher, student, size, sigma, mode)
     if use_triton(*teacher, *student, has_op=True):
         run = _ops.cosine_anomaly_map if torch.compiler.is_compiling() else _anomaly_map.cosine_anomaly_map_triton
-        return run(teacher, student, [int(v) for v in size], float(sigma), mode)
+        return run(teacher, student, list(size), sigma, mode)
     return reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
 
 
 def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,
                     frequency: float = 32.0) -> torch.Tensor:
     """Fractal 3-D OpenSimplex noise, float32 (B, C, H, W) on ``seeds.device``: value for value
-    ``sum_o persistence**o * OpenSimplex(seeds[b]).noise3(x * 2**o / F, y * 2**o / F, c * 2**o / F)``."""
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"simplex_noise3d: shape must be (B, C, H, W) with positive sizes, got {shape}")
-    if seeds.dtype != torch.int64 or seeds.numel() != shape[0]:
-        raise ValueError(f"simplex_noise3d: seeds must be int64 with one per image ({shape[0]}), "
-                         f"got {seeds.dtype} with {seeds.numel()}")
+    ``sum_o persistence**o * OpenSimplex(seeds[b]).noise3(x * 2**o / F, y * 2**o / F, c * 2**o / F)``.
+
+    Args:
+        shape: (B, C, H, W), integers >= 1.
+        seeds: int64 (B,), any int64 value.
+        octaves: integer >= 1; persistence: finite; frequency: finite, > 0.
+    """
+    shape, octaves, persistence, frequency = validation.check_noise(shape, seeds, octaves, persistence, frequency)
     if use_triton(seeds):
         return _simplex.simplex_noise3d_triton(shape, seeds, octaves, persistence, frequency)
     return reference.simplex_noise3d(shape, seeds, octaves, persistence, frequency)
@@ -107,7 +115,17 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, 
     """``x01 + strength * noise`` inside each image's patch, whose place and
     sides (in [low, high) of ``bounds_h``/``bounds_w``) come from its seed
     (:func:`reference.patch_geometry`); noise in patch-local coordinates.
-    Returns the batch and (B, 1, H, W) masks."""
+
+    Args:
+        x01: (B, C, H, W) float images.
+        seeds: int64 (B,) on ``x01``'s device.
+        strength: finite noise amplitude.
+        bounds_h, bounds_w: [low, high) of the patch sides, 1 <= low < high <= side + 1.
+
+    Returns:
+        The batch (``x01``'s dtype) and float masks (B, 1, H, W), 1 inside each patch.
+    """
+    strength, bounds_h, bounds_w = validation.check_synthesis(x01, seeds, strength, bounds_h, bounds_w)
     if use_triton(x01, seeds):
         return _simplex.synthesize_triton(x01, seeds, strength, bounds_h, bounds_w)
     return reference.synthesize_patches(x01, seeds, strength, bounds_h, bounds_w)
@@ -116,22 +134,34 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, 
 def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 1e-5,
                   negative_slope: float = 0.01) -> torch.Tensor:
     """``leaky_relu(instance_norm(conv2d(x, weight, bias, padding=1), eps), negative_slope)``,
-    (B, C_out, H, W); differentiable."""
-    if use_triton(x, weight):
-        return _feacali.conv_in_lrelu_triton(x, weight, bias, eps, negative_slope)
-    return reference.conv_in_lrelu(x, weight, bias, eps, negative_slope)
+    (B, C_out, H, W); differentiable. One block of :func:`conv_in_lrelu_stack`, with its checks."""
+    return conv_in_lrelu_stack(x, [weight], [bias], eps, negative_slope)
 
 
 def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
                         eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
-    """A chain of :func:`conv_in_lrelu` blocks. Without gradients, on the Triton
-    path, the fused chain runs (each block's normalisation fused into the next
-    block's input load), or the cuDNN chain where that was measured faster
-    (:func:`sacd_fast.kernels.feacali.fastest_stack`)."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    if needs_grad or not use_triton(x, *weights, has_op=True):
-        for weight, bias in zip(weights, biases):
-            x = conv_in_lrelu(x, weight, bias, eps, negative_slope)
-        return x
-    run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
-    return run(x, list(weights), float(eps), float(negative_slope))
+    """A chain of conv3x3 (padding 1) -> InstanceNorm -> LeakyReLU blocks, (B, C_last, H, W).
+
+    Weights and biases are used in ``x``'s dtype. With gradients, each block is
+    a cuDNN convolution and the Triton InstanceNorm + LeakyReLU (forward and
+    backward). Without gradients, on the Triton path, the fused chain runs (each
+    block's normalisation fused into the next block's input load), or the cuDNN
+    chain where that was measured faster (:func:`sacd_fast.kernels.feacali.fastest_stack`).
+
+    Args:
+        x: (B, C, H, W) float, with H * W >= 2 (InstanceNorm needs two pixels).
+        weights: (C_out, C_in, 3, 3) per block, C_in the previous block's C_out.
+        biases: (C_out,) or None per block, as many as ``weights``.
+        eps: >= 0; negative_slope: finite.
+    """
+    weights, biases, eps, negative_slope = validation.check_conv_stack(x, weights, biases, eps, negative_slope)
+    tensors = [x, *weights, *(b for b in biases if b is not None)]
+    triton_path = use_triton(*tensors, has_op=True)
+    if triton_path and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        # The fused chain reads the weights in x's dtype as it packs them: no cast here.
+        run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
+        return run(x, weights, eps, negative_slope)
+    block = _feacali.conv_in_lrelu_train if triton_path else reference.conv_in_lrelu
+    for weight, bias in zip(weights, biases):
+        x = block(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), eps, negative_slope)
+    return x

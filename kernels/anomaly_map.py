@@ -25,9 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import kernel_dtype, pixel_run, pixel_strides
+from .layout import check_grid, kernel_dtype, pixel_run
 from .reference import COSINE_EPS, gaussian_radius
 from .tuning import quick_bench
+
 
 def _cosine_configs() -> list[triton.Config]:
     """Pixel x channel tiles, tuned per shape: small maps (WideResNet's 16x16
@@ -125,26 +126,26 @@ def _reflect(i, n):
 
 
 @triton.jit
-def _gaussian_kernel(in_ptr, out_ptr, H, W, inv_sigma,
-                     RADIUS: tl.constexpr, AXIS: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _gaussian_kernel(in_ptr, out_ptr, H, W, radius, inv_sigma,
+                     AXIS: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     i_x, i_y, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
     o_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
     m = (o_y < H)[:, None] & (o_x < W)[None, :]
     p_in = in_ptr + i_b * H * W
     norm = 0.0  # the taps, exp(-d^2 / 2 sigma^2) normalised to sum 1, are made here: no table to upload
-    for j in range(0, 2 * RADIUS + 1):
-        d = (j - RADIUS) * inv_sigma
+    for j in range(0, 2 * radius + 1):
+        d = (j - radius) * inv_sigma
         norm += tl.exp(-0.5 * d * d)
     b_acc = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float32)
-    for j in range(0, 2 * RADIUS + 1):
-        d = (j - RADIUS) * inv_sigma
+    for j in range(0, 2 * radius + 1):
+        d = (j - radius) * inv_sigma
         tap = tl.exp(-0.5 * d * d) / norm
         if AXIS == 0:
-            src = _reflect(o_y + (j - RADIUS), H)
+            src = _reflect(o_y + (j - radius), H)
             offsets = src[:, None] * W + o_x[None, :]
         else:
-            src = _reflect(o_x + (j - RADIUS), W)
+            src = _reflect(o_x + (j - radius), W)
             offsets = o_y[:, None] * W + src[None, :]
         b_acc += tap * tl.load(p_in + offsets, mask=m, other=0.0)
     tl.store(out_ptr + i_b * H * W + o_y[:, None] * W + o_x[None, :], b_acc, mask=m)
@@ -152,12 +153,12 @@ def _gaussian_kernel(in_ptr, out_ptr, H, W, inv_sigma,
 
 def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``1 - cos`` over channels, float32 (B, h, w)."""
-    t = pixel_run(t.to(kernel_dtype(t)))
-    s = pixel_run(s.to(kernel_dtype(s)))
+    t, t_strides = pixel_run(t.to(kernel_dtype(t)))
+    s, s_strides = pixel_run(s.to(kernel_dtype(s)))
     b, c, h, w = t.shape
     out = torch.empty((b, h, w), dtype=torch.float32, device=t.device)
-    grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_P"]), b)  # noqa: E731
-    _cosine_distance_kernel[grid](t, s, out, c, h * w, *pixel_strides(t), *pixel_strides(s), COSINE_EPS)
+    grid = lambda meta: check_grid((triton.cdiv(h * w, meta["BLOCK_P"]), b))  # noqa: E731
+    _cosine_distance_kernel[grid](t, s, out, c, h * w, *t_strides, *s_strides, COSINE_EPS)
     return out
 
 
@@ -166,11 +167,11 @@ def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     b, h, w = maps.shape
     radius = gaussian_radius(sigma)
     block_y, block_x = min(triton.next_power_of_2(h), 16), min(triton.next_power_of_2(w), 64)
-    grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b)
+    grid = check_grid((triton.cdiv(w, block_x), triton.cdiv(h, block_y), b))
     rows = torch.empty_like(maps)
-    _gaussian_kernel[grid](maps, rows, h, w, 1.0 / sigma, RADIUS=radius, AXIS=1, BLOCK_Y=block_y, BLOCK_X=block_x)
+    _gaussian_kernel[grid](maps, rows, h, w, radius, 1.0 / sigma, AXIS=1, BLOCK_Y=block_y, BLOCK_X=block_x)
     out = torch.empty_like(maps)
-    _gaussian_kernel[grid](rows, out, h, w, 1.0 / sigma, RADIUS=radius, AXIS=0, BLOCK_Y=block_y, BLOCK_X=block_x)
+    _gaussian_kernel[grid](rows, out, h, w, radius, 1.0 / sigma, AXIS=0, BLOCK_Y=block_y, BLOCK_X=block_x)
     return out
 
 
@@ -190,6 +191,6 @@ def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence
     for first in range(0, len(scales), 3):  # three scales a launch: SACD's whole map in one
         chunk = scales[first:first + 3]
         args = [a for scale in chunk + chunk[:1] * (3 - len(chunk)) for a in scale]  # unused slots: ignored
-        _upsample_combine_kernel[(triton.cdiv(height * width, block), batch)](
+        _upsample_combine_kernel[check_grid((triton.cdiv(height * width, block), batch))](
             out, height, width, *args, SCALES=len(chunk), ACCUMULATE=first > 0, MUL=mode == "mul", BLOCK=block)
     return gaussian_blur_triton(out, sigma) if sigma > 0 else out

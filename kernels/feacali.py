@@ -4,12 +4,18 @@
 Inference, a whole stack of blocks:
 
 * ``_conv3x3_stats_kernel``: implicit-GEMM 3x3 convolution (``tl.dot``, any
-  input strides, channels_last preferred; tiles autotuned per shape) whose
-  epilogue adds each (sample, channel)'s sum and sum of squares into a small
-  fp32 buffer. With
+  input strides, channels_last preferred; tiles autotuned per shape). Its
+  epilogue rounds the output to the stored dtype and takes the InstanceNorm
+  statistics of those stored values: each (pixel tile, sample, channel block)
+  writes its tile's mean and sum of squared deviations, and the program that
+  finishes a (sample, channel block) last combines every tile's partials in
+  tile order (Chan's formula) into the mean and 1/std. The statistics are
+  therefore numerically stable (no E[y^2] - mean^2) and bit-deterministic for
+  a given tile configuration, whatever order the programs run in. With
   ``NORM_INPUT`` it applies the previous block's InstanceNorm + LeakyReLU to
   its input as it loads it, so every conv output is written once and read once.
-* ``_in_lrelu_apply_kernel``: the light pass that normalises the last block.
+* ``_in_lrelu_apply_kernel``: the light pass that normalises the last block,
+  on [pixels x channels] tiles.
 
 ``fastest_stack`` times this chain against the cuDNN chain once per shape on
 CUDA and keeps the faster.
@@ -21,7 +27,7 @@ in the convolution, and its gradient comes out zero up to rounding.
 Training, one block at a time: the convolution and its gradients run in cuDNN
 under autograd; ``InstanceNormLReLU`` (``_in_lrelu_forward_kernel`` and
 ``_in_lrelu_backward_kernel``) does InstanceNorm + LeakyReLU and its
-backward, one program per (sample, channel) row.
+backward, one program per (sample, channel) row, two passes in fp32.
 """
 
 from __future__ import annotations
@@ -35,35 +41,39 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .layout import kernel_dtype, pixel_run, pixel_strides
+from .layout import check_grid, empty_like_layout, kernel_dtype, pixel_run
 from .tuning import pick_faster, quick_bench
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MIN_BLOCK_M, MIN_BLOCK_N = 32, 32  # the smallest conv tiles: they size the partial-statistics buffers
 
 
 def _conv_configs() -> list[triton.Config]:
     """Tiles for Hopper-class GPUs, tuned per shape. The interpreter checks
     numbers, not speed: one small tile there."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32})]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
             for m, n, k, warps, stages in [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
-                                           (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4)]]
+                                           (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 8, 4)]]
 
 
-def _drop_wide_tiles(configs, named_args, **kwargs):
-    """No BLOCK_N wider than the output channels need (FeaCali's narrowest layers have 6)."""
+def _prune_tiles(configs, named_args, **kwargs):
+    """No BLOCK_N wider than the output channels need (FeaCali's narrowest layers
+    have 6), and no 64-deep K steps on fp32 inputs (their register tiles spill)."""
     widest = max(16, triton.next_power_of_2(named_args["C_out"]))
-    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest] or configs[:1]
+    deepest = 32 if named_args["x_ptr"].element_size() == 4 else 64
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest] or configs[:1]
 
 
 @triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT"],
-                 reset_to_zero=["out_stats_ptr"], prune_configs_by={"early_config_prune": _drop_wide_tiles},
+                 reset_to_zero=["count_ptr"], prune_configs_by={"early_config_prune": _prune_tiles},
                  do_bench=quick_bench)
 @triton.jit
-def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, out_stats_ptr,
-                          C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw,
-                          inv_hw, eps, slope,
-                          NORM_INPUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr, out_stats_ptr,
+                          N, C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw, eps, slope,
+                          NORM_INPUT: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -84,43 +94,76 @@ def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, out_stats_ptr,
             b_a = tl.load(p_pix[:, None] + o_k[None, :] * x_sc, mask=m_a, other=0.0).to(tl.float32)
             if NORM_INPUT:
                 p_stats = in_stats_ptr + (i_b * C_in + o_k) * 2
-                mean = tl.load(p_stats, mask=m_k, other=0.0) * inv_hw
-                var = tl.load(p_stats + 1, mask=m_k, other=0.0) * inv_hw - mean * mean
-                rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
+                mean = tl.load(p_stats, mask=m_k, other=0.0)
+                rstd = tl.load(p_stats + 1, mask=m_k, other=0.0)
                 b_a = (b_a - mean[None, :]) * rstd[None, :]
                 b_a = tl.where(m_a, tl.where(b_a >= 0, b_a, b_a * slope), 0.0)
             p_w = w_ptr + (tap * C_in + o_k[:, None]) * C_out + o_n[None, :]
             b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-            b_acc += tl.dot(b_a.to(b_w.dtype), b_w)
+            if DOT_FP32:  # the interpreter's low-precision tl.dot is wrong: products of the rounded values in fp32
+                b_acc += tl.dot(b_a, b_w.to(tl.float32))
+            else:
+                b_acc += tl.dot(b_a.to(b_w.dtype), b_w)
     m_out = m_m[:, None] & m_n[None, :]
-    b_acc = tl.where(m_out, b_acc, 0.0)
+    b_y = b_acc.to(y_ptr.dtype.element_ty)
     p_y = y_ptr + i_b * y_sn + o_n[None, :] * y_sc + o_h[:, None] * y_sh + o_w[:, None] * y_sw
-    tl.store(p_y, b_acc.to(y_ptr.dtype.element_ty), mask=m_out)
-    p_out = out_stats_ptr + (i_b * C_out + o_n) * 2
-    tl.atomic_add(p_out, tl.sum(b_acc, axis=0), mask=m_n)
-    tl.atomic_add(p_out + 1, tl.sum(b_acc * b_acc, axis=0), mask=m_n)
+    tl.store(p_y, b_y, mask=m_out)
+    # Statistics of the stored (rounded) values: this tile's mean and sum of squared deviations.
+    b_v = tl.where(m_out, b_y.to(tl.float32), 0.0)
+    count = tl.minimum(BLOCK_M, H * W - i_m * BLOCK_M).to(tl.float32)
+    b_rough = tl.sum(b_v, axis=0) / count
+    b_dev = tl.where(m_out, b_v - b_rough[None, :], 0.0)
+    b_shift = tl.sum(b_dev, axis=0)  # corrected two-pass: refines the mean and the squares
+    p_part = part_ptr + ((i_m * N + i_b) * C_out + o_n) * 2
+    tl.store(p_part, b_rough + b_shift / count, mask=m_n)
+    tl.store(p_part + 1, tl.maximum(tl.sum(b_dev * b_dev, axis=0) - b_shift * b_shift / count, 0.0), mask=m_n)
+    # The last program of this (sample, channel block) to finish combines the tiles, in tile order.
+    tl.debug_barrier()
+    tiles = tl.cdiv(H * W, BLOCK_M)
+    arrived = tl.atomic_add(count_ptr + i_b * tl.cdiv(C_out, BLOCK_N) + i_n, 1, sem="acq_rel")
+    if arrived == tiles - 1:
+        mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+        m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        seen = 0.0
+        for t in range(0, tiles):
+            n_t = tl.minimum(BLOCK_M, H * W - t * BLOCK_M).to(tl.float32)
+            p_t = part_ptr + ((t * N + i_b) * C_out + o_n) * 2
+            t_mean = tl.load(p_t, mask=m_n, other=0.0, cache_modifier=".cg")
+            t_m2 = tl.load(p_t + 1, mask=m_n, other=0.0, cache_modifier=".cg")
+            total = seen + n_t
+            delta = t_mean - mean
+            mean += delta * (n_t / total)
+            m2 += t_m2 + delta * delta * (seen * n_t / total)
+            seen = total
+        p_out = out_stats_ptr + (i_b * C_out + o_n) * 2
+        tl.store(p_out, mean, mask=m_n)
+        tl.store(p_out + 1, 1.0 / tl.sqrt(m2 / seen + eps), mask=m_n)
 
 
 @triton.jit
-def _in_lrelu_apply_kernel(y_ptr, stats_ptr, out_ptr, C, HW, y_sn, y_sc, y_sp, o_sn, o_sc, o_sp,
-                           inv_hw, eps, slope, BLOCK: tl.constexpr):
-    i_p, i_row = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    i_n, i_c = i_row // C, i_row % C
-    o_p = i_p * BLOCK + tl.arange(0, BLOCK)
-    m = o_p < HW
-    mean = tl.load(stats_ptr + i_row * 2) * inv_hw
-    var = tl.load(stats_ptr + i_row * 2 + 1) * inv_hw - mean * mean
-    rstd = 1.0 / tl.sqrt(tl.maximum(var, 0.0) + eps)
-    b_y = tl.load(y_ptr + i_n * y_sn + i_c * y_sc + o_p * y_sp, mask=m, other=0.0).to(tl.float32)
-    b_z = (b_y - mean) * rstd
+def _in_lrelu_apply_kernel(y_ptr, stats_ptr, out_ptr, C, HW, y_sn, y_sc, y_sp, o_sn, o_sc, o_sp, slope,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """InstanceNorm (from the conv's mean and 1/std) + LeakyReLU on a [pixels x channels] tile."""
+    i_b, i_p, i_c = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_c = o_c < C
+    m = (o_p < HW)[:, None] & m_c[None, :]
+    p_stats = stats_ptr + (i_b * C + o_c) * 2
+    mean = tl.load(p_stats, mask=m_c, other=0.0)
+    rstd = tl.load(p_stats + 1, mask=m_c, other=0.0)
+    b_y = tl.load(y_ptr + i_b * y_sn + o_c[None, :] * y_sc + o_p[:, None] * y_sp, mask=m, other=0.0)
+    b_z = (b_y.to(tl.float32) - mean[None, :]) * rstd[None, :]
     b_z = tl.where(b_z >= 0, b_z, b_z * slope)
-    tl.store(out_ptr + i_n * o_sn + i_c * o_sc + o_p * o_sp, b_z.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + i_b * o_sn + o_c[None, :] * o_sc + o_p[:, None] * o_sp, b_z.to(out_ptr.dtype.element_ty),
+             mask=m)
 
 
 @triton.jit
 def _in_lrelu_forward_kernel(y_ptr, out_ptr, stats_ptr, C, HW, y_sn, y_sc, y_sp, o_sn, o_sc, o_sp,
                              eps, slope, BLOCK: tl.constexpr):
-    """One (sample, channel) row: mean and rstd (two-pass, in fp32), then the output."""
+    """One (sample, channel) row: mean and rstd by the corrected two-pass
+    algorithm in fp32 (the second pass also corrects the first pass's mean), then the output."""
     i_row = tl.program_id(0).to(tl.int64)
     p_y = y_ptr + (i_row // C) * y_sn + (i_row % C) * y_sc
     p_o = out_ptr + (i_row // C) * o_sn + (i_row % C) * o_sc
@@ -128,13 +171,17 @@ def _in_lrelu_forward_kernel(y_ptr, out_ptr, stats_ptr, C, HW, y_sn, y_sc, y_sp,
     for p0 in range(0, HW, BLOCK):
         o_p = p0 + tl.arange(0, BLOCK)
         b_sum += tl.load(p_y + o_p * y_sp, mask=o_p < HW, other=0.0).to(tl.float32)
-    mean = tl.sum(b_sum, axis=0) / HW
+    rough = tl.sum(b_sum, axis=0) / HW
+    b_dev = tl.zeros([BLOCK], dtype=tl.float32)
     b_sq = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, HW, BLOCK):
         o_p = p0 + tl.arange(0, BLOCK)
-        b_d = tl.load(p_y + o_p * y_sp, mask=o_p < HW, other=0.0).to(tl.float32) - mean
-        b_sq += tl.where(o_p < HW, b_d * b_d, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(b_sq, axis=0) / HW + eps)
+        b_d = tl.where(o_p < HW, tl.load(p_y + o_p * y_sp, mask=o_p < HW, other=0.0).to(tl.float32) - rough, 0.0)
+        b_dev += b_d
+        b_sq += b_d * b_d
+    dev = tl.sum(b_dev, axis=0)
+    mean = rough + dev / HW
+    rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(b_sq, axis=0) - dev * dev / HW, 0.0) / HW + eps)
     for p0 in range(0, HW, BLOCK):
         o_p = p0 + tl.arange(0, BLOCK)
         b_z = (tl.load(p_y + o_p * y_sp, mask=o_p < HW, other=0.0).to(tl.float32) - mean) * rstd
@@ -178,26 +225,30 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
         tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=o_p < HW)
 
 
-def _like(x: torch.Tensor, channels: int) -> torch.Tensor:
-    n, _, h, w = x.shape
-    return torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-
-
 def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | None,
                 eps: float, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One implicit-GEMM conv3x3 (its input normalised on load when ``in_stats``
-    is given) and the fp32 (N, C_out, 2) sums of its output."""
+    is given): its channels_last output and the fp32 (N, C_out, 2) mean and 1/std."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     packed = torch.empty((3, 3, c_in, c_out), dtype=x.dtype, device=x.device)
     packed.copy_(weight.permute(2, 3, 1, 0))  # (tap, C_in, C_out) in x's dtype: one pass over the weights
-    y = _like(x, c_out)
-    stats = torch.zeros((n, c_out, 2), dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n)  # noqa: E731
+    y = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    stats = torch.empty((n, c_out, 2), dtype=torch.float32, device=x.device)
+    partials = torch.empty((triton.cdiv(h * w, MIN_BLOCK_M), n, c_out, 2), dtype=torch.float32, device=x.device)
+    arrivals = torch.zeros((n, triton.cdiv(c_out, MIN_BLOCK_N)), dtype=torch.int32, device=x.device)
+    grid = lambda meta: check_grid(  # noqa: E731
+        (triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n))
     _conv3x3_stats_kernel[grid](
-        x, packed, y, stats if in_stats is None else in_stats, stats, c_in, c_out, h, w, *x.stride(),
-        *y.stride(), 1.0 / (h * w), eps, slope, NORM_INPUT=in_stats is not None)
+        x, packed, y, stats if in_stats is None else in_stats, partials, arrivals, stats, n, c_in, c_out, h, w,
+        *x.stride(), *y.stride(), eps, slope, NORM_INPUT=in_stats is not None, DOT_FP32=INTERPRET)
     return y, stats
+
+
+def _apply_blocks(hw: int, c: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C) of the normalisation pass: up to 4,096 elements a tile."""
+    block_c = min(triton.next_power_of_2(c), 64)
+    return min(triton.next_power_of_2(hw), 4096 // block_c), block_c
 
 
 def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,
@@ -209,11 +260,12 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     for weight in weights:
         y, stats = _conv_stats(x if y is None else y, weight, stats, eps, negative_slope)
     n, c, h, w = y.shape
-    out = _like(y, c)
-    block = min(triton.next_power_of_2(h * w), 1024)
-    _in_lrelu_apply_kernel[(triton.cdiv(h * w, block), n * c)](
-        y, stats, out, c, h * w, *pixel_strides(y), *pixel_strides(out), 1.0 / (h * w), eps, negative_slope,
-        BLOCK=block)
+    out = torch.empty_like(y)  # y is channels_last: so is out
+    y, y_strides = pixel_run(y)
+    _, out_strides = pixel_run(out)
+    block_p, block_c = _apply_blocks(h * w, c)
+    _in_lrelu_apply_kernel[check_grid((n, triton.cdiv(h * w, block_p), triton.cdiv(c, block_c)))](
+        y, stats, out, c, h * w, *y_strides, *out_strides, negative_slope, BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
 
@@ -250,13 +302,13 @@ class InstanceNormLReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, eps, negative_slope):
-        y = pixel_run(y)
+        y, y_strides = pixel_run(y)
         n, c, h, w = y.shape
-        out = torch.empty_like(y)
+        out = empty_like_layout(y)
         stats = torch.empty((n * c, 2), dtype=torch.float32, device=y.device)
         block = min(triton.next_power_of_2(h * w), 1024)
-        _in_lrelu_forward_kernel[(n * c,)](y, out, stats, c, h * w, *pixel_strides(y), *pixel_strides(out),
-                                           eps, negative_slope, BLOCK=block)
+        _in_lrelu_forward_kernel[check_grid((n * c,))](y, out, stats, c, h * w, *y_strides, *pixel_run(out)[1],
+                                                       eps, negative_slope, BLOCK=block)
         ctx.save_for_backward(y, stats)
         ctx.slope = negative_slope
         return out
@@ -264,19 +316,18 @@ class InstanceNormLReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         y, stats = ctx.saved_tensors
-        grad_out = pixel_run(grad_out)
+        y, y_strides = pixel_run(y)
+        grad_out, g_strides = pixel_run(grad_out)
         n, c, h, w = y.shape
-        dy = torch.empty_like(y)
+        dy = empty_like_layout(y)
         block = min(triton.next_power_of_2(h * w), 1024)
-        _in_lrelu_backward_kernel[(n * c,)](y, grad_out, dy, stats, c, h * w, *pixel_strides(y),
-                                            *pixel_strides(grad_out), *pixel_strides(dy), ctx.slope, BLOCK=block)
+        _in_lrelu_backward_kernel[check_grid((n * c,))](y, grad_out, dy, stats, c, h * w, *y_strides, *g_strides,
+                                                        *pixel_run(dy)[1], ctx.slope, BLOCK=block)
         return dy, None, None
 
 
-def conv_in_lrelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                         eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
-    """One block; when gradients are needed, the convolution (cuDNN under autograd)
-    then :class:`InstanceNormLReLU`, else the fused kernels."""
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return InstanceNormLReLU.apply(F.conv2d(x, weight, bias, padding=1), eps, negative_slope)
-    return conv_in_lrelu_stack_triton(x, [weight], eps, negative_slope)
+def conv_in_lrelu_train(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
+    """One block with gradients: the convolution (cuDNN under autograd), then
+    :class:`InstanceNormLReLU`."""
+    return InstanceNormLReLU.apply(F.conv2d(x, weight, bias, padding=1), eps, negative_slope)

@@ -74,29 +74,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv1d(cols.reshape(b * w, 1, -1), kernel).view(b, w, h).transpose(1, 2).contiguous()
 
 
-def check_anomaly_map_args(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
-                           size: Sequence[int], mode: str) -> None:
-    """ValueError naming the first problem with the anomaly-map arguments."""
-    if len(teacher) != len(student) or len(teacher) == 0:
-        raise ValueError(f"cosine_anomaly_map: {len(teacher)} teacher and {len(student)} student feature maps; "
-                         "expected the same number, at least one")
-    if mode not in ("add", "mul"):
-        raise ValueError(f"cosine_anomaly_map: mode must be 'add' or 'mul', got {mode!r}")
-    if len(size) != 2 or min(int(s) for s in size) < 1:
-        raise ValueError(f"cosine_anomaly_map: size must be (H, W) with H, W >= 1, got {tuple(size)}")
-    device, batch = teacher[0].device, teacher[0].shape[0] if teacher[0].dim() == 4 else None
-    for k, (t, s) in enumerate(zip(teacher, student)):
-        if t.dim() != 4 or t.shape != s.shape:
-            raise ValueError(f"cosine_anomaly_map: scale {k}: teacher {tuple(t.shape)} and student "
-                             f"{tuple(s.shape)} must be equal (B, C, h, w) shapes")
-        if t.shape[0] != batch or t.shape[0] < 1:
-            raise ValueError(f"cosine_anomaly_map: scale {k} has batch {t.shape[0]}, scale 0 has {batch}")
-        if t.device != device or s.device != device:
-            raise ValueError(f"cosine_anomaly_map: scale {k} is on {t.device}/{s.device}, scale 0 on {device}")
-        if not (t.is_floating_point() and s.is_floating_point()):
-            raise ValueError(f"cosine_anomaly_map: scale {k} has dtypes {t.dtype}/{s.dtype}; expected floats")
-
-
 def cosine_anomaly_map(
     teacher: Sequence[torch.Tensor],
     student: Sequence[torch.Tensor],
@@ -326,9 +303,6 @@ def simplex_noise3d(
         seeds: int64 (B,), any int64 value (negative and > 2**32 included).
     """
     b, c, h, w = (int(n) for n in shape)
-    seeds = seeds.reshape(-1)
-    if seeds.numel() != b:
-        raise ValueError(f"simplex_noise3d: got {seeds.numel()} seeds for a batch of {b}")
     device = seeds.device
     perm, grad_index = (t.reshape(-1) for t in simplex_permutations(seeds))
     f64 = torch.float64

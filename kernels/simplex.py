@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
+from .layout import check_grid
 from .reference import GRADIENTS_3D
 
 # The reference's constants, as compile-time constants of the kernels.
@@ -271,7 +272,7 @@ def _patch_geometry(seed, H, W, lo_h, hi_h, lo_w, hi_w):
 def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, seeds_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
                        C, H, W, lo_h, hi_h, lo_w, hi_w, strength,
                        OCTAVES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
-    i_x, i_y, i_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_bc, i_y, i_x = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b = i_bc // C
     i_c = i_bc % C
     top, left, height, width = _patch_geometry(tl.load(seeds_ptr + i_b), H, W, lo_h, hi_h, lo_w, hi_w)
@@ -315,7 +316,7 @@ def simplex_permutations_triton(seeds: torch.Tensor) -> tuple[torch.Tensor, torc
     perm = torch.empty((seeds.numel(), 256), dtype=torch.int32, device=seeds.device)
     grad_index = torch.empty_like(perm)
     # One warp per seed: the shuffle's 512 sequential reductions stay inside the warp.
-    _permutation_kernel[(seeds.numel(),)](seeds, perm, grad_index, num_warps=1)
+    _permutation_kernel[check_grid((seeds.numel(),))](seeds, perm, grad_index, num_warps=1)
     return perm, grad_index
 
 
@@ -326,7 +327,7 @@ def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persist
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty((b, c, h, w), dtype=torch.float32, device=seeds.device)
     block = min(triton.next_power_of_2(c * h * w), 256)
-    _noise_field_kernel[(triton.cdiv(c * h * w, block), b)](
+    _noise_field_kernel[check_grid((triton.cdiv(c * h * w, block), b))](
         perm, grad_index, _vectors(seeds.device), _params(persistence, frequency, seeds.device), out, c, h, w,
         OCTAVES=octaves, BLOCK=block)
     return out
@@ -342,10 +343,10 @@ def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, strength: float, b
     x01 = x01.contiguous()
     seeds = seeds.to(torch.int64).reshape(-1).contiguous()
     perm, grad_index = simplex_permutations_triton(seeds)
-    out = torch.empty_like(x01)
+    out = torch.empty(x01.shape, dtype=x01.dtype, device=x01.device)
     masks = torch.empty((b, 1, h, w), dtype=x01.dtype, device=x01.device)
     block_y, block_x = 16, min(triton.next_power_of_2(w), 32)
-    grid = (triton.cdiv(w, block_x), triton.cdiv(h, block_y), b * c)
+    grid = check_grid((b * c, triton.cdiv(h, block_y), triton.cdiv(w, block_x)))
     _synthesize_kernel[grid](x01, out, masks, seeds, perm, grad_index, _vectors(x01.device),
                              _params(persistence, frequency, x01.device), c, h, w, *bounds_h, *bounds_w,
                              float(strength), OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)

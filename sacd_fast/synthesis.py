@@ -48,12 +48,12 @@ def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,
         ``(x_synth, masks)``: the corrupted batch (same dtype and device) and
         float masks (B, 1, H, W), 1 inside each patch.
     """
-    if x01.dim() != 4:
-        raise ValueError(f"synthesize expects (B, C, H, W) images, got shape {tuple(x01.shape)}")
+    if not isinstance(x01, torch.Tensor) or x01.dim() != 4:
+        shape = tuple(x01.shape) if isinstance(x01, torch.Tensor) else type(x01).__name__
+        raise ValueError(f"synthesize expects (B, C, H, W) images, got {shape}")
     b, _, height, width = x01.shape
     if seeds is None:
         seeds = torch.randint(-(2**63), 2**63 - 1, (b,), generator=generator, dtype=torch.int64)
-    seeds = seeds.to(device=x01.device, dtype=torch.int64).reshape(-1)
-    if seeds.numel() != b:
-        raise ValueError(f"synthesize: {seeds.numel()} seeds for a batch of {b}")
+    if isinstance(seeds, torch.Tensor) and not seeds.is_floating_point():
+        seeds = seeds.to(device=x01.device, dtype=torch.int64)
     return kernels.synthesize_patches(x01, seeds, strength, patch_bounds(height), patch_bounds(width))
