@@ -4,36 +4,37 @@ A checkpoint is a dict saved with ``torch.save``:
 ``format`` ("sacd_fast/1"), ``config`` (the SACD constructor arguments),
 ``state_dict`` (all weights, the frozen teacher's included, so a checkpoint is
 self-contained), and for training runs ``optimizer``, ``epoch`` (epochs done),
-``settings`` and ``history``.
+``settings``, ``history`` and ``provenance`` (what the run trained on);
+``thresholds`` once calibrated.
+
+Reading never runs code: ``torch.load(weights_only=True)`` unpickles tensors,
+numbers, strings and containers only, so a checkpoint from an untrusted source
+can at worst hold wrong weights. Non-finite weights or thresholds are refused.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write
 
 FORMAT = "sacd_fast/1"
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and a rename, so a
-    crash never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` to ``path`` atomically (:func:`sacd_fast.files.atomic_write`):
+    a crash, a kill or a full disk never leaves a truncated checkpoint behind."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold NaN or infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -49,8 +50,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a sacd_fast checkpoint (format {found!r}, expected {FORMAT!r})")
     for key in ("config", "state_dict"):
-        if key not in payload:
+        if not isinstance(payload.get(key), dict):
             raise ValueError(f"{path} is missing {key!r}")
+    bad = non_finite_tensors(payload["state_dict"])
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
+                         "the training diverged or the file was altered")
+    thresholds = payload.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, dict) or not all(
+                isinstance(thresholds.get(k), (int, float)) and math.isfinite(thresholds[k])
+                for k in ("image", "normal_level")):
+            raise ValueError(f"{path} has an invalid calibrated threshold {thresholds!r}")
     return payload
 
 

@@ -1,4 +1,4 @@
-"""The ``sacd-fast`` command line (also ``python -m sacd_fast``).
+"""The sacd-fast command line (also ``python -m sacd_fast``).
 
     sacd-fast demo        generate data, train, evaluate, write heatmaps
     sacd-fast train       train one model per product on its normal images
@@ -7,206 +7,31 @@
     sacd-fast synth-data  write a generated dataset in the MVTec AD layout
     sacd-fast profile     parameters and FLOPs per part of the model
 
-Any error ends the program with exit code 1 and a one-line reason.
+Any error ends the program with exit code 1 and a one-line reason; Ctrl-C
+and SIGTERM stop it with exit code 130 and 143, with every file it wrote whole.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-from torch.utils.data import Subset
-
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import AnomalyDataset, ImageFiles
-from .fast import fast as make_fast
-from .inference import calibrate, evaluate_predictions, predict_dataset
-from .model import SACD
-from .synthdata import write_dataset
+from . import commands
 from .teacher import BACKBONES
-from .train import TrainSettings, fit
-from .visualize import heatmap_panel
-
-DEMO_BACKBONE = "efficientnet_lite0"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def write_json(data, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Train and held-out index lists; nothing is held out below 10 images."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = int(round(n * fraction)) if n >= 10 else 0
-    return sorted(order[held:]), sorted(order[:held])
-
-
-def start_distributed(device: torch.device) -> torch.device:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA,
-    gloo on CPUs) and return this process's device."""
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def train_command(args) -> dict | None:
-    """Train, then calibrate the threshold on held-out normal images; returns the
-    checkpoint (None on the non-zero ranks of a torchrun job)."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        device = start_distributed(device)
-    try:
-        return train_and_calibrate(args, out, device, rank=dist.get_rank() if distributed else 0)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-
-
-def train_and_calibrate(args, out: Path, device: torch.device, rank: int) -> dict | None:
-    dataset = AnomalyDataset(args.data, args.category, "train", args.image_size)
-    train_idx, val_idx = split_validation(len(dataset), args.val_fraction, args.seed)
-    torch.manual_seed(args.seed)
-    model = SACD(args.backbone, teacher_weights=args.teacher_weights, image_size=args.image_size)
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    checkpoint = out / "model.pt"
-    log_path = out / "train_log.jsonl"
-    started = time.time()
-
-    def log(record):
-        record = {**record, "seconds": round(time.time() - started, 1)}
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"epoch {record['epoch']}/{settings.epochs}  loss {record['total']:.4f} "
-              f"(kd {record['kd']:.4f}, intra {record['intra']:.4f})", file=sys.stderr)
-
-    fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device,
-        num_workers=args.workers, log=log, fast=args.fast)
-    if rank != 0:
-        return None
-    normal = Subset(dataset, val_idx or train_idx)
-    thresholds = calibrate(model, normal, args.batch_size, device)
-    thresholds["source"] = "held-out normal training images" if val_idx else "training images"
-    payload = load_checkpoint(checkpoint)
-    payload["thresholds"] = thresholds
-    save_checkpoint(payload, checkpoint)
-    print(f"wrote {checkpoint} (threshold {thresholds['image']:.4f} from {len(normal)} "
-          f"{thresholds['source']})", file=sys.stderr)
-    return payload
-
-
-def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
-    payload = load_checkpoint(path)
-    thresholds = payload.get("thresholds")
-    if thresholds is None:
-        raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`")
-    model = SACD.from_checkpoint(path).to(device)
-    return (make_fast(model) if fast else model), thresholds
-
-
-def heatmap_names(result: dict) -> list[str]:
-    """One distinct PNG name per image: ``<defect>_<stem>`` or ``<stem>``, suffixed on a clash."""
-    names, seen = [], set()
-    for i, path in enumerate(result["path"]):
-        base = Path(path).stem if "defect" not in result else f"{result['defect'][i]}_{Path(path).stem}"
-        name, k = base, 1
-        while name in seen:
-            k += 1
-            name = f"{base}_{k}"
-        seen.add(name)
-        names.append(f"{name}.png")
-    return names
-
-
-def write_heatmaps(result: dict, thresholds: dict, folder: Path, with_truth: bool) -> list[str]:
-    """Write one heatmap panel per image into ``folder``; returns the file names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = heatmap_names(result)
-    for i, name in enumerate(names):
-        truth = result["mask"][i] if with_truth and result["has_mask"][i] else None
-        heatmap_panel(result["images"][i], result["maps"][i], thresholds["image"], thresholds["normal_level"],
-                      float(result["scores"][i]), name[:-4], truth).save(folder / name)
-    return names
-
-
-def eval_command(args) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    model, thresholds = load_for_inference(args.checkpoint, device, args.fast)
-    dataset = AnomalyDataset(args.data, args.category, "test", model.config["image_size"])
-    result = predict_dataset(model, dataset, args.batch_size, device)
-    report = evaluate_predictions(result)
-    report["threshold"] = thresholds["image"]
-    write_json(report, out / "metrics.json")
-    names = write_heatmaps(result, thresholds, out / "heatmaps", with_truth=True)
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "defect", "label", "score", "predicted_anomalous", "heatmap"])
-        for i, path in enumerate(result["path"]):
-            score = result["scores"][i]
-            writer.writerow([path, result["defect"][i], int(result["label"][i]), f"{score:.6f}",
-                             int(score > thresholds["image"]), f"heatmaps/{names[i]}"])
-    skipped = report["pixel_metrics_skipped_for"]
-    print(" ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a"
-                   for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))
-          + (f"  (pixel metrics skipped for {', '.join(skipped)}: no masks)" if skipped else ""))
-    return report
-
-
-def predict_command(args) -> list[dict]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    model, thresholds = load_for_inference(args.checkpoint, device, args.fast)
-    if args.threshold is not None:
-        thresholds = {**thresholds, "image": args.threshold}
-    result = predict_dataset(model, ImageFiles(args.paths, model.config["image_size"]), args.batch_size, device)
-    names = write_heatmaps(result, thresholds, out / "heatmaps", with_truth=False)
-    rows = [{"path": p, "score": float(s), "anomalous": bool(s > thresholds["image"]), "heatmap": f"heatmaps/{n}"}
-            for p, s, n in zip(result["path"], result["scores"], names)]
-    write_json({"threshold": thresholds["image"], "images": rows}, out / "scores.json")
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "score", "anomalous", "heatmap"])
-        writer.writeheader()
-        writer.writerows(rows)
-    flagged = sum(r["anomalous"] for r in rows)
-    print(f"{len(rows)} images scored, {flagged} above the threshold {thresholds['image']:.4f}; see {out}")
-    return rows
-
-
-def synth_data_command(args) -> Path:
-    folder = write_dataset(args.out, args.category, args.seed)
-    print(f"wrote {folder}")
-    return folder
 
 
 def profile_command(args) -> dict:
     """Print parameters and FLOPs per part (fvcore) and, given a bench JSON, the achieved FLOP/s."""
     import warnings
 
+    from .model import SACD
     from .profile import PARTS, anomaly_map_flops, profile
 
+    commands.check_image_size(args.image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random teacher counts the same
         model = SACD(args.backbone, teacher_weights=None, image_size=args.image_size)
@@ -237,23 +62,10 @@ def profile_command(args) -> dict:
     return report
 
 
-def demo_command(args) -> dict:
-    """Generate data, train the Lite0 model, evaluate it; metrics.json and heatmaps in OUT."""
-    out = Path(args.out)
-    root = out / "data"
-    if not (root / "disc").is_dir():
-        write_dataset(root, "disc", args.seed)
-    common = dict(data=str(root), category="disc", out=str(out), device=args.device, batch_size=args.batch_size,
-                  seed=args.seed, image_size=args.image_size)
-    train_command(argparse.Namespace(**common, backbone=DEMO_BACKBONE, teacher_weights="imagenet",
-                                     epochs=args.epochs, val_fraction=0.1, workers=0, fast=False))
-    return eval_command(argparse.Namespace(**common, checkpoint=str(out / "model.pt"), fast=False))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sacd-fast", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     def runtime(p, batch_size=16):
@@ -269,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--category", default=None,
                        help="product sub-folder of --data (e.g. bottle, or 01 for BTAD); omit if --data is the product")
 
-    p = commands.add_parser("train", help="train a model on a product's defect-free images (several GPUs: "
-                            "torchrun --nproc_per_node=N -m sacd_fast train ...)", formatter_class=fmt)
+    p = commands_.add_parser("train", help="train a model on a product's defect-free images (several GPUs: "
+                             "torchrun --nproc_per_node=N -m sacd_fast train ...)", formatter_class=fmt)
     dataset(p)
     p.add_argument("--out", required=True, help="output folder: model.pt (checkpoint) and train_log.jsonl")
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
@@ -285,17 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast and channels_last (synthesis and FeaCali use the Triton kernels)")
     runtime(p)
-    p.set_defaults(run=train_command)
+    p.set_defaults(run=lambda a: commands.train(
+        a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
+        image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
+        workers=a.workers, device=a.device, fast=a.fast))
 
-    p = commands.add_parser("eval", help="evaluate a checkpoint on a test split", formatter_class=fmt)
+    p = commands_.add_parser("eval", help="evaluate a checkpoint on a test split", formatter_class=fmt)
     p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
     dataset(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, scores.csv, heatmaps/")
     runtime(p)
     fast_flag(p)
-    p.set_defaults(run=eval_command)
+    p.set_defaults(run=lambda a: commands.evaluate(a.checkpoint, a.data, a.out, category=a.category,
+                                                   batch_size=a.batch_size, device=a.device, fast=a.fast))
 
-    p = commands.add_parser("predict", help="score images and write heatmaps", formatter_class=fmt)
+    p = commands_.add_parser("predict", help="score images and write heatmaps", formatter_class=fmt)
     p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
     p.add_argument("--out", required=True, help="output folder: scores.csv, scores.json, heatmaps/")
     p.add_argument("--threshold", type=float, default=None,
@@ -303,45 +119,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     runtime(p)
     fast_flag(p)
-    p.set_defaults(run=predict_command)
+    p.set_defaults(run=lambda a: commands.predict(a.checkpoint, a.paths, a.out, threshold=a.threshold,
+                                                  batch_size=a.batch_size, device=a.device, fast=a.fast))
 
-    p = commands.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",
-                            formatter_class=fmt)
+    p = commands_.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",
+                             formatter_class=fmt)
     p.add_argument("--out", default="sacd-demo", help="output folder")
     p.add_argument("--epochs", type=int, default=12, help="training epochs")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
     runtime(p, batch_size=8)
-    p.set_defaults(run=demo_command)
+    p.set_defaults(run=lambda a: commands.demo(a.out, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
+                                               batch_size=a.batch_size, device=a.device))
 
-    p = commands.add_parser("profile", help="parameters and FLOPs per part of the model (fvcore)",
-                            formatter_class=fmt)
+    p = commands_.add_parser("profile", help="parameters and FLOPs per part of the model (fvcore)",
+                             formatter_class=fmt)
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--bench-json", default=None,
                    help="a pytest-benchmark JSON (pytest bench/ --benchmark-json F): print achieved FLOP/s")
     p.set_defaults(run=profile_command)
 
-    p = commands.add_parser("synth-data", help="write a generated dataset in the MVTec AD layout",
-                            formatter_class=fmt)
+    p = commands_.add_parser("synth-data", help="write a generated dataset in the MVTec AD layout",
+                             formatter_class=fmt)
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--category", default="disc", help="category folder name")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(run=synth_data_command)
+    p.set_defaults(run=lambda a: commands.synth_data(a.out, a.category, a.seed))
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the work in progress stops, every file written so far stays whole."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.run(args)
-    except KeyboardInterrupt:
-        print("sacd-fast: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        resume = " (run the same command again to resume the training)" if args.command in ("train", "demo") else ""
+        print(f"sacd-fast {args.command}: {how}{resume}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # one line for the user; SACD_DEBUG=1 shows the traceback
         if os.environ.get("SACD_DEBUG") == "1":
             raise
         message = " ".join(str(e).split())
         print(f"sacd-fast {args.command}: error: {type(e).__name__}: {message}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -61,7 +61,7 @@ class FastSACD(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
         """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
-        self.model.check_input(x)
+        x = self.model.check_input(x)
         batch = x.shape[0]
         if self.compiled:
             # One graph per batch size. A batch smaller than one already compiled

@@ -8,7 +8,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import metrics
+from .checkpoint import load_checkpoint
+from .fast import fast as make_fast
 from .model import SACD, normalize
+
+
+def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
+    """The model of a checkpoint written by ``sacd-fast train`` (read once), on
+    ``device`` (wrapped by :func:`sacd_fast.fast` with ``fast``), and its thresholds."""
+    payload = load_checkpoint(path)
+    thresholds = payload.get("thresholds")
+    if thresholds is None:
+        raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`, or its "
+                         "training has not finished (run the same train command again to finish it)")
+    model = SACD.from_payload(payload, path).to(device)
+    return (make_fast(model) if fast else model), thresholds
 
 
 def predict_dataset(model: SACD, dataset: Dataset, batch_size: int = 16, device="cpu",

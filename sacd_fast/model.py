@@ -11,6 +11,7 @@ Inputs are ImageNet-normalised (B, 3, H, W) with H and W multiples of 32.
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -38,7 +39,14 @@ STUDENTS = {
 
 
 def normalize(x01: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (B, 3, H, W) images in [0, 1]."""
+    """ImageNet normalisation of (B, 3, H, W) images: float values in [0, 1],
+    or uint8 values in [0, 255] (returned as float32)."""
+    if not isinstance(x01, torch.Tensor):
+        raise ValueError(f"normalize expects a tensor, got {type(x01).__name__}")
+    if x01.dtype == torch.uint8:
+        x01 = x01.float() / 255.0
+    elif not x01.is_floating_point():
+        raise ValueError(f"normalize expects float images in [0, 1] or uint8 images, got {x01.dtype}")
     mean = torch.tensor(IMAGENET_MEAN, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     return (x01 - mean) / std
@@ -73,8 +81,15 @@ class SACD(nn.Module):
     def __init__(self, backbone: str = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0):
         super().__init__()
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {image_size!r}")
+        if isinstance(feacali_layers, bool) or not isinstance(feacali_layers, int) or feacali_layers < 1:
+            raise ValueError(f"feacali_layers must be an integer >= 1, got {feacali_layers!r}")
+        for name, value, low in (("lambda_intra", lambda_intra, 0.0), ("sigma", sigma, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or (name == "lambda_intra" and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lambda_intra' else '>= 0'}, "
+                                 f"got {value!r}")
         self.config = dict(backbone=backbone, image_size=image_size, feacali_layers=feacali_layers,
                            lambda_intra=lambda_intra, sigma=sigma)
         self.teacher = build_teacher(backbone, teacher_weights)
@@ -93,17 +108,22 @@ class SACD(nn.Module):
         """OCBE + decoder parameters (trained by L_kd)."""
         return list(self.ocbe.parameters()) + list(self.decoder.parameters())
 
-    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
-        """Raise ValueError unless ``x`` is a finite float (B, 3, H, W) batch, H and W multiples of 32."""
+    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """``x`` in the model's dtype; ValueError unless it is a finite float
+        (B, 3, H, W) batch on the model's device, H and W positive multiples of 32."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or x.shape[0] < 1:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{name}: expected an ImageNet-normalised (B, 3, H, W) float tensor, got {shape}")
         if not x.is_floating_point():
-            raise ValueError(f"{name}: expected a float tensor, got {x.dtype}")
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise ValueError(f"{name}: H and W must be multiples of 32, got {x.shape[2]}x{x.shape[3]}")
+            raise ValueError(f"{name}: expected a float tensor, got {x.dtype} (sacd_fast.normalize converts images)")
+        if x.shape[2] < 32 or x.shape[3] < 32 or x.shape[2] % 32 or x.shape[3] % 32:
+            raise ValueError(f"{name}: H and W must be positive multiples of 32, got {x.shape[2]}x{x.shape[3]}")
+        weight = next(self.parameters())
+        if x.device != weight.device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {weight.device}")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name}: contains NaN or infinite values")
+        return x.to(weight.dtype)
 
     def encode_decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features t_k (no grad) and raw student features s_k."""
@@ -115,8 +135,7 @@ class SACD(nn.Module):
         """Loss terms for a normal batch ``x`` and its corrupted copy ``x_synth``
         (both ImageNet-normalised). L_intra trains FeaCali only: the abnormal
         branch's shared teacher/OCBE/decoder run without gradient."""
-        self.check_input(x, "x")
-        self.check_input(x_synth, "x_synth")
+        x, x_synth = self.check_input(x, "x"), self.check_input(x_synth, "x_synth")
         if x.shape != x_synth.shape:
             raise ValueError(f"x {tuple(x.shape)} and x_synth {tuple(x_synth.shape)} differ in shape")
         t, s = self.encode_decode(x)
@@ -141,7 +160,7 @@ class SACD(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
         """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
-        self.check_input(x)
+        x = self.check_input(x)
         was_training = self.training
         self.eval()
         try:
@@ -154,20 +173,26 @@ class SACD(nn.Module):
     def from_checkpoint(cls, path, map_location="cpu", fast: bool = False):
         """Rebuild a model from a checkpoint written by :mod:`sacd_fast.train`;
         ``fast=True`` wraps it with :func:`sacd_fast.fast` (defaults)."""
-        payload = load_checkpoint(path, map_location)
+        model = cls.from_payload(load_checkpoint(path, map_location), path)
+        if fast:
+            from .fast import fast as make_fast
+
+            return make_fast(model)
+        return model
+
+    @classmethod
+    def from_payload(cls, payload: dict, source) -> "SACD":
+        """The model (in eval mode) held by a checkpoint already read with
+        :func:`sacd_fast.checkpoint.load_checkpoint` from ``source``."""
         config = payload["config"]
         unknown = set(config) - set(inspect.signature(cls).parameters)
         if unknown:
-            raise ValueError(f"checkpoint {path}: unknown config keys {sorted(unknown)}")
+            raise ValueError(f"checkpoint {source}: unknown config keys {sorted(unknown)}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the teacher's weights come from the checkpoint
             model = cls(**config)
         try:
             model.load_state_dict(payload["state_dict"], strict=True)
         except RuntimeError as e:
-            raise ValueError(f"checkpoint {path} does not match SACD({config}): {e}") from e
-        if fast:
-            from .fast import fast as make_fast
-
-            return make_fast(model.eval())
+            raise ValueError(f"checkpoint {source} does not match SACD({config}): {e}") from e
         return model.eval()

@@ -17,6 +17,7 @@ efficientnet_pytorch layout for Lite0) or ``"imagenet"``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -27,10 +28,60 @@ from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, make_stage
 
-IMAGENET_URLS = {
+IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
 }
+
+
+def read_state_dict(path: str | os.PathLike, source: str | None = None) -> dict:
+    """A state dict from a local file, read with ``weights_only=True`` (a file can
+    hold tensors, never code); ValueError naming the file if it is no state dict."""
+    source = source or str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"teacher weights {source} cannot be read as a PyTorch state dict "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"teacher weights {source} hold {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def sha256_prefix_matches(path: str | os.PathLike, prefix: str) -> bool:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().startswith(prefix)
+
+
+def imagenet_state_dict(backbone: str) -> dict:
+    """torchvision's ImageNet weights for ``backbone``, from torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``) or downloaded into it, checked against the
+    SHA-256 prefix in the file name before they are read (weights only)."""
+    url = IMAGENET_URLS[backbone]
+    name = os.path.basename(url)
+    prefix = name.rsplit("-", 1)[1].split(".")[0]
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, hash_prefix=prefix, progress=True)
+        except Exception as e:
+            raise RuntimeError(
+                f"could not download the {backbone} ImageNet weights ({e}). Download {url} on a "
+                "machine that is online and pass the file: teacher_weights='/path/to/file.pth' "
+                "(CLI: --teacher-weights /path/to/file.pth)"
+            ) from e
+    elif not sha256_prefix_matches(path, prefix):
+        raise ValueError(f"{path} does not match the published SHA-256 of {name} (it should start with {prefix}): "
+                         "it is not torchvision's file; delete it and download it again")
+    return read_state_dict(path, url)
 
 
 class Teacher(nn.Module):
@@ -51,8 +102,6 @@ class Teacher(nn.Module):
     def load_weights(self, state_dict: dict, source: str) -> None:
         """Strictly load a checkpoint's encoder keys; ``ignored_prefixes`` (deeper
         layers and the classifier, which this module does not build) are dropped."""
-        if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-            state_dict = state_dict["state_dict"]
         kept = {k: v for k, v in state_dict.items() if not k.startswith(self.ignored_prefixes)}
         own = self.state_dict()
         missing = [k for k in own if k not in kept]
@@ -199,20 +248,9 @@ def build_teacher(backbone: str, weights: str | os.PathLike | None) -> Teacher:
             stacklevel=3,
         )
     elif str(weights) == "imagenet" and backbone == "efficientnet_lite0":
-        teacher.load_weights(torch.load(bundled_lite0_weights(), map_location="cpu"), "bundled Lite0 file")
+        teacher.load_weights(read_state_dict(bundled_lite0_weights(), "bundled Lite0 file"), "bundled Lite0 file")
     elif str(weights) == "imagenet":
-        url = IMAGENET_URLS[backbone]
-        try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
-        except Exception as e:
-            raise RuntimeError(
-                f"could not download the {backbone} ImageNet weights ({e}). Download {url} on a "
-                "machine that is online and pass the file: teacher_weights='/path/to/file.pth' "
-                "(CLI: --teacher-weights /path/to/file.pth)"
-            ) from e
-        teacher.load_weights(state, url)
+        teacher.load_weights(imagenet_state_dict(backbone), IMAGENET_URLS[backbone])
     else:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"teacher weights file not found: {weights}")
-        teacher.load_weights(torch.load(weights, map_location="cpu"), str(weights))
+        teacher.load_weights(read_state_dict(weights), str(weights))
     return teacher.freeze()

@@ -4,7 +4,11 @@ checkpoints, exact resume.
 Every epoch is a pure function of (weights, optimiser state, seed, epoch):
 the shuffle order and the synthesis seeds come from generators seeded by
 ``(seed, epoch)``. A run resumed from the checkpoint of epoch e therefore ends
-with the same weights as a run that was never interrupted.
+with the same weights as a run that was never interrupted, whether it was
+stopped by Ctrl-C, SIGTERM, SIGKILL or a full disk: the checkpoint is written
+atomically after every epoch, and an interrupted epoch is simply run again.
+A resume is refused when the model, the settings, the training data or the
+teacher weights differ from the checkpoint's.
 
 The last epoch is what is kept: no checkpoint is ever selected on test data.
 
@@ -16,16 +20,19 @@ the logged losses over processes, and lets rank 0 alone write checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import config_mismatch, load_checkpoint, save_checkpoint
+from .checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
+from .files import remove_stale_temporaries
 from .model import SACD, normalize
 from .synthesis import synthesize
 
@@ -41,8 +48,24 @@ class TrainSettings:
     betas: tuple[float, float] = field(default=(0.5, 0.999))
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
+        for name in ("lr", "lr_feacali"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = betas
+
     def epoch_generator(self, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed(hash((self.seed, epoch, stream, rank)) & (2**63 - 1))
+        """The generator of one epoch's shuffle (stream 0) or synthesis seeds (stream 1)."""
+        entropy = np.random.SeedSequence([self.seed, epoch, stream, rank]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(entropy) & (2**63 - 1))
 
 
 def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
@@ -77,10 +100,37 @@ def images_of(batch) -> torch.Tensor:
     return batch["image"] if isinstance(batch, dict) else batch
 
 
+def epoch_batches(indices: list[int], batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
+    """``indices`` (shuffled by ``generator`` when given) cut into batches; a last
+    batch of one image joins the one before it (BatchNorm needs two values)."""
+    if generator is not None:
+        indices = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
+    return batches
+
+
+def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenance: dict) -> list[str]:
+    """Why the checkpoint ``state`` cannot be continued with this model, settings and data."""
+    saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
+    current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
+    saved["betas"] = tuple(saved.get("betas", ()))
+    problems = config_mismatch(state["config"], model.config) + config_mismatch(saved, current)
+    problems += config_mismatch(state.get("provenance", {}), provenance)
+    if state["epoch"] > settings.epochs:
+        problems.append(f"it holds {state['epoch']} epochs, more than the {settings.epochs} requested")
+    teacher = {k[len("teacher."):]: v for k, v in state["state_dict"].items() if k.startswith("teacher.")}
+    if any(not torch.equal(v.cpu(), teacher[k].cpu()) for k, v in model.teacher.state_dict().items() if k in teacher):
+        problems.append("the teacher weights differ from those the checkpoint was trained with")
+    return problems
+
+
 def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
         resume: bool = True, progress: bool = True, num_workers: int = 0,
-        log=None, fast: bool = False) -> list[dict[str, float]]:
+        log=None, fast: bool = False, provenance: dict | None = None, finalize=None) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
     Args:
@@ -88,21 +138,33 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         dataset: items are [0, 1] float images (3, H, W), or dicts with key "image".
         settings: optimisation settings.
         checkpoint: path written atomically after every epoch; if it exists and
-            ``resume`` is True, training continues from it (config and settings
-            must match, except ``epochs``, which may grow).
+            ``resume`` is True, training continues from it (config, settings,
+            provenance and teacher weights must match, except ``epochs``, which may grow).
         device: where to train.
         progress: show tqdm bars.
-        log: optional callable receiving each epoch's record.
+        log: optional callable receiving the history (every epoch's record so far)
+            after each epoch, once its checkpoint is written.
         fast: on CUDA, train in channels_last under bf16 autocast (synthesis and
             FeaCali run in their Triton kernels on CUDA either way); on a CPU
             it changes nothing.
+        provenance: what the run trains on (e.g. the data folder and its files),
+            stored in the checkpoint; a resume with other provenance is refused.
+        finalize: optional callable ``finalize(model) -> dict`` run on the trained
+            model after the last epoch (rank 0); its entries (e.g. a calibrated
+            threshold) go into the final checkpoint, written once. A finished
+            checkpoint that lacks them gets them on the next call.
 
     Returns:
         The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses.
     """
     settings = settings or TrainSettings()
-    if len(dataset) == 0:
-        raise ValueError("the training set is empty")
+    provenance = dict(provenance or {})
+    if len(dataset) < 2:
+        raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
+    side = model.config["image_size"] // 32
+    if settings.batch_size * side * side < 2:
+        raise ValueError(f"batch size {settings.batch_size} at image size {model.config['image_size']} leaves "
+                         "BatchNorm one value per channel: use a batch size of 2 or more")
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     model.to(device)
@@ -113,18 +175,19 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     optimizer = build_optimizer(model, settings)
     history: list[dict[str, float]] = []
     start = 0
+    if checkpoint is not None:
+        remove_stale_temporaries(checkpoint)
+    state = None
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, map_location=device)
-        saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
-        current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
-        saved["betas"] = tuple(saved.get("betas", ()))
-        current["betas"] = tuple(current["betas"])
-        problems = config_mismatch(state["config"], model.config) + config_mismatch(saved, current)
+        problems = _resume_problems(state, model, settings, provenance)
         if problems:
             raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"], list(state["history"])
+        if start < settings.epochs:
+            state = None  # only a finished run's payload is needed again (below)
 
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = dist.get_rank() if distributed else 0
@@ -133,13 +196,14 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
     model.train()
     for epoch in range(start, settings.epochs):
-        sampler = None
         if distributed:
             sampler = DistributedSampler(dataset, shuffle=True, seed=settings.seed)
             sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
-                            num_workers=num_workers, generator=settings.epoch_generator(epoch, 0),
-                            pin_memory=on_cuda)
+            batches = epoch_batches(list(sampler), settings.batch_size, None)
+        else:
+            batches = epoch_batches(list(range(len(dataset))), settings.batch_size,
+                                    settings.epoch_generator(epoch, 0))
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=on_cuda)
         seed_source = settings.epoch_generator(epoch, 1, rank)
         sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress or rank != 0,
@@ -160,14 +224,37 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             for buffer in model.buffers():  # BatchNorm statistics: every replica ends the epoch as rank 0
                 dist.broadcast(buffer, 0)
         record = {"epoch": epoch + 1, **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}}
+        state_dict = model.state_dict()
+        diverged = non_finite_tensors(state_dict)
+        if diverged:
+            raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {len(diverged)} weight tensors hold "
+                                     f"NaN or infinity (e.g. {diverged[0]}); lower the learning rate. "
+                                     "The last good checkpoint is kept")
         history.append(record)
-        if log is not None and rank == 0:
-            log(record)
+        extras = _finalized(model, finalize) if epoch + 1 == settings.epochs and rank == 0 else {}
         if checkpoint is not None and rank == 0:
-            save_checkpoint({"config": model.config, "state_dict": model.state_dict(),
+            save_checkpoint({"config": model.config, "state_dict": state_dict,
                              "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                             "settings": asdict(settings), "history": history}, checkpoint)
+                             "settings": asdict(settings), "history": history, "provenance": provenance,
+                             **extras}, checkpoint)
+        if log is not None and rank == 0:
+            log(history)
         if distributed:
             dist.barrier()
+    if state is not None and rank == 0 and finalize is not None:
+        extras = _finalized(model, finalize)  # a finished run whose final step was cut short
+        if any(state.get(k) != v for k, v in extras.items()):
+            save_checkpoint({**state, **extras}, checkpoint)
     model.eval()
     return history
+
+
+def _finalized(model: SACD, finalize) -> dict:
+    """``finalize(model)`` on the model in eval mode (an empty dict without ``finalize``)."""
+    if finalize is None:
+        return {}
+    model.eval()
+    try:
+        return finalize(model)
+    finally:
+        model.train()

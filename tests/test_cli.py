@@ -62,7 +62,8 @@ def test_train_eval_predict(small_data, tmp_path):
     (["eval", "--checkpoint", "/no/model.pt", "--data", ".", "--out", "x"], "checkpoint not found"),
     (["predict", "--checkpoint", "/no/model.pt", "--out", "x", "a.png"], "checkpoint not found"),
 ])
-def test_errors_exit_non_zero_with_one_line(argv, message, tmp_path, capsys):
+def test_errors_exit_non_zero_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("sacd-fast ")

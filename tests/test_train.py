@@ -91,5 +91,5 @@ def test_bad_checkpoints_are_named(tmp_path):
 
 
 def test_empty_training_set_is_an_error():
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="at least 2 images, got 0"):
         fit(fresh_model(), Images(n=0), SETTINGS)

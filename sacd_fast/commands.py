@@ -1,0 +1,252 @@
+"""The commands behind ``sacd-fast``, as typed functions that the CLI, the demo
+and scripts call alike.
+
+Each command checks its settings before any work starts, holds its output
+folder for itself (a second process writing there is refused at once), opens
+every image once up front (a bad file is named before anything trains), and
+writes each output file whole or not at all (:mod:`sacd_fast.files`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
+
+from .checkpoint import load_checkpoint
+from .data import AnomalyDataset, ImageFiles
+from .files import exclusive_folder, write_text
+from .inference import calibrate, evaluate_predictions, load_for_inference, predict_dataset
+from .model import SACD
+from .outputs import heatmap_names, refuse_overwriting_inputs, score_rows, write_csv, write_heatmaps, write_json
+from .synthdata import write_dataset
+from .train import TrainSettings, fit
+
+DEMO_BACKBONE = "efficientnet_lite0"
+CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:1', ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only 'cpu' and 'cuda' devices are supported")
+    return device
+
+
+def check_setting(name: str, value, low=None, high=None, integer: bool = False, below_high: bool = False) -> None:
+    """ValueError naming the option unless ``value`` is a finite number in range."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+            or not math.isfinite(value):
+        raise ValueError(f"--{name} must be {kind}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and (value >= high if below_high else value > high)):
+        span = f">= {low}" if high is None else f"in [{low}, {high}{')' if below_high else ']'}"
+        raise ValueError(f"--{name} must be {span}, got {value}")
+
+
+def check_image_size(image_size) -> None:
+    check_setting("image-size", image_size, 32, integer=True)
+    if image_size % 32:
+        raise ValueError(f"--image-size must be a multiple of 32, got {image_size}")
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Train and held-out index lists; nothing is held out below 10 images."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = int(round(n * fraction)) if n >= 10 else 0
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def data_provenance(dataset: AnomalyDataset, indices: list[int]) -> dict:
+    """What a run trains on: the folder and a digest of its training files' names and sizes."""
+    digest = hashlib.sha256()
+    for i in indices:
+        path = dataset.samples[i].path
+        digest.update(f"{path.relative_to(dataset.folder)}\0{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+    return {"data": str(dataset.folder.resolve()), "training_images": len(indices),
+            "training_files_sha256": digest.hexdigest()[:32]}
+
+
+def start_distributed(device: torch.device) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA,
+    gloo on CPUs) and return this process's device."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | None = None,
+          backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
+          image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
+          device: str = "auto", fast: bool = False, progress: bool = True) -> dict | None:
+    """Train one model on a product's defect-free images and calibrate its threshold.
+
+    Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
+    it stopped) and ``out/train_log.jsonl``. Under torchrun every process
+    trains its share; rank 0 writes. Returns the checkpoint's thresholds and
+    history (None on the other ranks).
+    """
+    check_setting("epochs", epochs, 1, integer=True)
+    check_image_size(image_size)
+    check_setting("batch-size", batch_size, 1, integer=True)
+    check_setting("seed", seed, 0, integer=True)
+    check_setting("val-fraction", val_fraction, 0.0, 1.0, below_high=True)
+    check_setting("workers", workers, 0, integer=True)
+    device = resolve_device(device)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        device = start_distributed(device)
+    try:
+        dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
+        if dist.is_initialized() and dist.get_rank() != 0:
+            _train(dataset, Path(out), backbone, teacher_weights, epochs, image_size, batch_size, seed,
+                   val_fraction, workers, device, fast, progress=False)
+            return None
+        with exclusive_folder(out, "sacd-fast train"):
+            return _train(dataset, Path(out), backbone, teacher_weights, epochs, image_size, batch_size, seed,
+                          val_fraction, workers, device, fast, progress)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, epochs, image_size, batch_size, seed,
+           val_fraction, workers, device, fast, progress) -> dict | None:
+    dataset.check(progress)
+    train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
+    torch.manual_seed(seed)
+    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
+    checkpoint, log_path = out / "model.pt", out / "train_log.jsonl"
+    normal = Subset(dataset, val_idx or train_idx)
+    seconds = {}
+    if log_path.is_file():  # an earlier, interrupted run: keep its timings
+        for line in log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                seconds[record["epoch"]] = record["seconds"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    started = time.time()
+
+    def log(history: list[dict]) -> None:
+        """The log is the checkpoint's history (plus timings), rewritten whole after each checkpoint."""
+        seconds.setdefault(history[-1]["epoch"], round(time.time() - started, 1))
+        write_text(log_path, "".join(json.dumps({**h, "seconds": seconds.get(h["epoch"])}) + "\n" for h in history))
+        h = history[-1]
+        say(f"epoch {h['epoch']}/{epochs}  loss {h['total']:.4f} (kd {h['kd']:.4f}, intra {h['intra']:.4f})")
+
+    def thresholds(trained: SACD) -> dict:
+        values = calibrate(trained, normal, batch_size, device, progress)
+        values["source"] = "held-out normal training images" if val_idx else "training images"
+        return {"thresholds": values}
+
+    fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
+        log=log, fast=fast, progress=progress, provenance=data_provenance(dataset, train_idx), finalize=thresholds)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    payload = load_checkpoint(checkpoint)
+    calibrated = payload["thresholds"]
+    say(f"wrote {checkpoint} (threshold {calibrated['image']:.4f} from {calibrated['images']} "
+        f"{calibrated['source']})")
+    return {"thresholds": calibrated, "history": payload["history"]}
+
+
+def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+             category: str | None = None, batch_size: int = 16, device: str = "auto", fast: bool = False,
+             progress: bool = True) -> dict:
+    """Metrics, per-image scores and heatmaps of a checkpoint on a test split:
+    ``out/metrics.json`` (written last), ``out/scores.csv`` and ``out/heatmaps/``."""
+    check_setting("batch-size", batch_size, 1, integer=True)
+    device = resolve_device(device)
+    out = Path(out)
+    model, thresholds = load_for_inference(checkpoint, device, fast)
+    dataset = AnomalyDataset(data, category, "test", model.config["image_size"])
+    with exclusive_folder(out, "sacd-fast eval"):
+        dataset.check(progress)
+        result = predict_dataset(model, dataset, batch_size, device, progress)
+        report = evaluate_predictions(result)
+        report["threshold"] = thresholds["image"]
+        names = heatmap_names(result)
+        refuse_overwriting_inputs(list(result["path"]), [out / "heatmaps" / n for n in names] +
+                                  [out / "scores.csv", out / "metrics.json"])
+        write_heatmaps(result, thresholds, out / "heatmaps", names, with_truth=True)
+        write_csv(score_rows(result, names, thresholds["image"]), out / "scores.csv")
+        write_json(report, out / "metrics.json")
+    skipped = report["pixel_metrics_skipped_for"]
+    print(" ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a"
+                   for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))
+          + (f"  (pixel metrics skipped for {', '.join(skipped)}: no masks)" if skipped else ""))
+    return report
+
+
+def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: str | os.PathLike, *,
+            threshold: float | None = None, batch_size: int = 16, device: str = "auto", fast: bool = False,
+            progress: bool = True) -> list[dict]:
+    """Score image files or folders: ``out/scores.csv``, ``out/scores.json`` and
+    one heatmap per image in ``out/heatmaps/``. Nothing is written until every
+    image has been scored."""
+    if threshold is not None:
+        check_setting("threshold", threshold)
+    check_setting("batch-size", batch_size, 1, integer=True)
+    device = resolve_device(device)
+    out = Path(out)
+    model, thresholds = load_for_inference(checkpoint, device, fast)
+    if threshold is not None:
+        thresholds = {**thresholds, "image": float(threshold)}
+    images = ImageFiles(paths, model.config["image_size"])
+    with exclusive_folder(out, "sacd-fast predict"):
+        images.check(progress)
+        result = predict_dataset(model, images, batch_size, device, progress)
+        names = heatmap_names(result)
+        refuse_overwriting_inputs(list(result["path"]), [out / "heatmaps" / n for n in names] +
+                                  [out / "scores.csv", out / "scores.json"])
+        rows = score_rows(result, names, thresholds["image"])
+        write_heatmaps(result, thresholds, out / "heatmaps", names, with_truth=False)
+        write_csv(rows, out / "scores.csv")
+        write_json({"threshold": thresholds["image"], "images": rows}, out / "scores.json")
+    flagged = sum(r["anomalous"] for r in rows)
+    print(f"{len(rows)} images scored, {flagged} above the threshold {thresholds['image']:.4f}; see {out}")
+    return rows
+
+
+def synth_data(out: str | os.PathLike, category: str = "disc", seed: int = 0) -> Path:
+    """Write a generated product with defects and masks in the MVTec AD layout."""
+    check_setting("seed", seed, 0, integer=True)
+    folder = write_dataset(out, category, seed)
+    print(f"wrote {folder}")
+    return folder
+
+
+def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: int = 256, seed: int = 0,
+         batch_size: int = 8, device: str = "auto") -> dict:
+    """Generate data, train the Lite0 model, evaluate it: metrics.json and heatmaps in ``out``."""
+    out = Path(out)
+    root = out / "data"
+    if not (root / "disc").is_dir():
+        synth_data(root, "disc", seed)
+    common = dict(category="disc", batch_size=batch_size, device=device)
+    train(root, out, backbone=DEMO_BACKBONE, teacher_weights="imagenet", epochs=epochs, image_size=image_size,
+          seed=seed, **common)
+    return evaluate(out / "model.pt", root, out, **common)
