@@ -196,7 +196,7 @@ def _z_and_dz(p_y, p_g, o_p, m, y_sp, g_sp, mean, rstd, slope):
     """Normalised input z and the gradient dz = g * LeakyReLU'(z) at pixels ``o_p``."""
     b_z = (tl.load(p_y + o_p * y_sp, mask=m, other=0.0).to(tl.float32) - mean) * rstd
     b_g = tl.load(p_g + o_p * g_sp, mask=m, other=0.0).to(tl.float32)
-    return b_z, tl.where(b_z >= 0, b_g, b_g * slope)
+    return b_z, tl.where(b_z > 0, b_g, b_g * slope)  # PyTorch's convention: slope at exactly 0
 
 
 @triton.jit

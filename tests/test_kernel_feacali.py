@@ -7,8 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import (KERNEL_DEVICE, assert_as_accurate, assert_close, kernel_path, random_teacher_model,
-                      requires_cuda)
+from conftest import KERNEL_DEVICE, assert_close, kernel_path, random_teacher_model, requires_cuda
 
 from sacd_fast import kernels
 from sacd_fast.kernels import reference
@@ -103,18 +102,25 @@ def test_training_function_gradients_match_float64(cin, cout, batch, h, w, layou
 
 
 def test_feacali_modules_train_and_predict_through_the_kernels(monkeypatch):
-    """The model's FeaCali modules on its own features: L_intra, its gradients
-    and the maps through the Triton path are as close to float64 as the eager
-    fp32 ops (a random model's features hold near-constant channels, which
-    InstanceNorm makes ill-conditioned in fp32); and the model's training and
-    prediction reach those kernels."""
+    """The model's FeaCali modules (their shapes and initial weights) through
+    the Triton path: maps, L_intra and every parameter gradient against float64
+    on fresh random student features; and the model's training and prediction
+    reach those kernels.
+
+    The features are drawn positive and spread out, as a trained student's are.
+    A random model's own features hold near-constant channels: there
+    InstanceNorm puts pixels within rounding of z = 0, where LeakyReLU's
+    derivative jumps, so any fp32 implementation's gradient (PyTorch's too)
+    depends on how its mean rounds; those cases are left to the block-level
+    property tests, which hold the gradient to float64 on conditioned inputs."""
     from sacd_fast.loss import sacd_loss
 
     model = random_teacher_model("efficientnet_lite0", 32).to(KERNEL_DEVICE).eval()
     x = torch.randn(2, 3, 32, 32, device=KERNEL_DEVICE)
     with torch.no_grad():
-        t, s = model.encode_decode(x)
-        _, s_abnormal = model.encode_decode(x + 0.1 * torch.randn_like(x))
+        t, s = (list(f) for f in model.encode_decode(x))
+    t, s, s_abnormal = ([torch.rand_like(v) for v in t], [torch.rand_like(v) for v in s],
+                        [torch.rand_like(v) for v in s])
 
     def run(feacali, t, s, s_abnormal):
         feacali.zero_grad()
@@ -125,15 +131,12 @@ def test_feacali_modules_train_and_predict_through_the_kernels(monkeypatch):
         return maps, intra.detach(), [p.grad for p in feacali.parameters()]
 
     with kernel_path(triton=True):
-        triton = run(model.feacali, t, s, s_abnormal)
-    with kernel_path(triton=False):
-        eager = run(copy.deepcopy(model.feacali), t, s, s_abnormal)
-    as64 = [[v.double() for v in vs] for vs in (t, s, s_abnormal)]
-    float64 = run(copy.deepcopy(model.feacali).double(), *as64)
-    for name, ours, theirs, exact in zip(("maps", "L_intra"), triton, eager, float64):
-        assert_as_accurate(ours, theirs, exact, name)
-    for k, (ours, theirs, exact) in enumerate(zip(triton[2], eager[2], float64[2])):
-        assert_as_accurate(ours, theirs, exact, f"gradient {k}")
+        maps, intra, grads = run(model.feacali, t, s, s_abnormal)
+    exact = run(copy.deepcopy(model.feacali).double(), *[[v.double() for v in vs] for vs in (t, s, s_abnormal)])
+    assert_close(maps, exact[0], "feacali")
+    assert_close(intra, exact[1], "feacali")
+    for ours, expected in zip(grads, exact[2], strict=True):
+        assert_close(ours, expected, "feacali_grad", torch.float32)
 
     calls = []  # the dispatch, with the kernels stood in for by the reference (the interpreter is slow)
     monkeypatch.setattr(feacali, "conv_in_lrelu_train",
