@@ -79,7 +79,8 @@ class SACD(nn.Module):
     """
 
     def __init__(self, backbone: str = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
-                 feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0):
+                 feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
+                 teacher_input: str = "imagenet"):
         super().__init__()
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {image_size!r}")
@@ -91,8 +92,8 @@ class SACD(nn.Module):
                 raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lambda_intra' else '>= 0'}, "
                                  f"got {value!r}")
         self.config = dict(backbone=backbone, image_size=image_size, feacali_layers=feacali_layers,
-                           lambda_intra=lambda_intra, sigma=sigma)
-        self.teacher = build_teacher(backbone, teacher_weights)
+                           lambda_intra=lambda_intra, sigma=sigma, teacher_input=teacher_input)
+        self.teacher = build_teacher(backbone, teacher_weights, teacher_input)
         block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[backbone]
         channels = self.teacher.channels
         self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
@@ -131,14 +132,19 @@ class SACD(nn.Module):
             t = self.teacher(x)
         return t, self.decoder(self.ocbe(t))
 
-    def training_losses(self, x: torch.Tensor, x_synth: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_losses(self, x: torch.Tensor, x_synth: torch.Tensor,
+                        teacher: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Loss terms for a normal batch ``x`` and its corrupted copy ``x_synth``
         (both ImageNet-normalised). L_intra trains FeaCali only: the abnormal
-        branch's shared teacher/OCBE/decoder run without gradient."""
+        branch's shared teacher/OCBE/decoder run without gradient. ``teacher``:
+        the teacher's features of ``x`` when already known (they never change)."""
         x, x_synth = self.check_input(x, "x"), self.check_input(x_synth, "x_synth")
         if x.shape != x_synth.shape:
             raise ValueError(f"x {tuple(x.shape)} and x_synth {tuple(x_synth.shape)} differ in shape")
-        t, s = self.encode_decode(x)
+        if teacher is None:
+            t, s = self.encode_decode(x)
+        else:
+            t, s = teacher, self.decoder(self.ocbe(teacher))
         with torch.no_grad():
             _, s_abnormal = self.encode_decode(x_synth)
         calibrated = [f(sa) for f, sa in zip(self.feacali, s_abnormal)]
@@ -153,9 +159,10 @@ class SACD(nn.Module):
         """float32 (B, H, W) maps from :meth:`inference_features`' output."""
         return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config["sigma"])
 
-    def forward(self, x: torch.Tensor, x_synth: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, x_synth: torch.Tensor,
+                teacher: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The training forward pass, :meth:`training_losses` (what DistributedDataParallel calls)."""
-        return self.training_losses(x, x_synth)
+        return self.training_losses(x, x_synth, teacher)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
@@ -184,7 +191,7 @@ class SACD(nn.Module):
     def from_payload(cls, payload: dict, source) -> "SACD":
         """The model (in eval mode) held by a checkpoint already read with
         :func:`sacd_fast.checkpoint.load_checkpoint` from ``source``."""
-        config = payload["config"]
+        config = {"teacher_input": "imagenet", **payload["config"]}  # checkpoints from before the option existed
         unknown = set(config) - set(inspect.signature(cls).parameters)
         if unknown:
             raise ValueError(f"checkpoint {source}: unknown config keys {sorted(unknown)}")

@@ -90,6 +90,10 @@ class Teacher(nn.Module):
     channels: tuple[int, int, int]
     ignored_prefixes: tuple[str, ...] = ()
 
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The raw stride-4, 8 and 16 stage outputs (what ``forward`` returns, unless a subclass says otherwise)."""
+        return self(x)
+
     def freeze(self) -> "Teacher":
         for p in self.parameters():
             p.requires_grad_(False)
@@ -141,9 +145,18 @@ class ResNetTeacher(Teacher):
 
 
 class Conv2dSame(nn.Conv2d):
-    """Conv2d with TensorFlow 'same' padding (asymmetric for even sizes at stride 2)."""
+    """Conv2d with TensorFlow 'same' padding (asymmetric for even sizes at stride 2).
+    At stride 1 with odd kernels it is symmetric: the convolution pads by itself,
+    without a padded copy of its input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if all(s == 1 and k % 2 for s, k in zip(self.stride, self.kernel_size)):
+            self.padding = tuple(k // 2 for k in self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.padding):
+            return super().forward(x)
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
@@ -183,11 +196,22 @@ LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 
 LITE0_TAPS = (2, 4, 10)  # blocks after which the stride-4, 8 and 16 features are taken
 
 
-class EfficientNetLite0Teacher(Teacher):
-    """EfficientNet-Lite0 up to the end of its stride-16 stage (block 10)."""
+# EfficientNet-Lite's own input scaling, (x01 * 255 - 127) / 128, as an affine map of an
+# ImageNet-normalised input x = (x01 - mean) / std: x * LITE_SCALE + LITE_SHIFT per channel.
+LITE_SCALE = tuple(s * 255 / 128 for s in (0.229, 0.224, 0.225))
+LITE_SHIFT = tuple((m * 255 - 127) / 128 for m in (0.485, 0.456, 0.406))
 
-    def __init__(self):
+
+class EfficientNetLite0Teacher(Teacher):
+    """EfficientNet-Lite0 up to the end of its stride-16 stage (block 10).
+
+    It takes ImageNet-normalised images like every teacher and reads them as
+    they are; with ``native_input`` it first rescales them to the input its
+    weights were trained on, (x01 * 255 - 127) / 128."""
+
+    def __init__(self, native_input: bool = False):
         super().__init__()
+        self.native_input = native_input
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
         blocks, cin = [], 32
@@ -202,6 +226,10 @@ class EfficientNetLite0Teacher(Teacher):
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The raw (signed, linear-bottleneck) outputs of blocks 2, 4 and 10."""
+        if self.native_input:
+            scale = torch.tensor(LITE_SCALE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            shift = torch.tensor(LITE_SHIFT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = x * scale + shift
         x = F.relu6(self._bn0(self._conv_stem(x)))
         features = []
         for i, block in enumerate(self._blocks):
@@ -236,11 +264,22 @@ BACKBONES = {
 }
 
 
-def build_teacher(backbone: str, weights: str | os.PathLike | None) -> Teacher:
-    """Build a frozen teacher and load ``weights`` (None, a file, or "imagenet")."""
+TEACHER_INPUTS = ("imagenet", "native")
+
+
+def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_input: str = "imagenet") -> Teacher:
+    """Build a frozen teacher and load ``weights`` (None, a file, or "imagenet").
+
+    ``teacher_input``: "imagenet" feeds every teacher the ImageNet-normalised
+    input; "native" rescales it to what the teacher's weights were trained on
+    (only EfficientNet-Lite differs: (x01 * 255 - 127) / 128)."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if teacher_input not in TEACHER_INPUTS:
+        raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
     teacher = BACKBONES[backbone]()
+    if isinstance(teacher, EfficientNetLite0Teacher):
+        teacher.native_input = teacher_input == "native"
     if weights is None:
         warnings.warn(
             f"SACD teacher {backbone} has RANDOM weights: anomaly detection needs an ImageNet "

@@ -93,3 +93,32 @@ def test_bad_checkpoints_are_named(tmp_path):
 def test_empty_training_set_is_an_error():
     with pytest.raises(ValueError, match="at least 2 images, got 0"):
         fit(fresh_model(), Images(n=0), SETTINGS)
+
+
+def test_cached_teacher_features_learn_exactly_what_recomputing_does():
+    """The normal images' teacher features, cached after the first epoch, give the
+    same weights bit for bit as recomputing them every epoch (fp32, CPU)."""
+    data = torch.rand(9, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    states, histories = [], []
+    for budget_mb in (1024, 0):
+        model = fresh_model()
+        histories.append(fit(model, data, TrainSettings(epochs=3, batch_size=4), progress=False,
+                             teacher_cache_mb=budget_mb))
+        states.append(model.state_dict())
+    assert histories[0] == histories[1]
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+
+
+def test_the_teacher_cache_stays_within_its_budget():
+    from sacd_fast.train import TeacherCache
+
+    model = fresh_model()
+    per_image = sum(f[0].numel() * 4 for f in model.teacher(torch.zeros(1, 3, 64, 64)))
+    cache = TeacherCache(model.teacher, 2.5 * per_image / 2**20)
+    x = torch.rand(4, 3, 64, 64)
+    first = cache(x, [0, 1, 2, 3])
+    assert sorted(cache.store) == [0, 1] and cache.used == 2 * per_image
+    again = cache(x[:2], [0, 1])  # all cached: no teacher pass, the same values
+    for a, b in zip(first, again):
+        assert torch.equal(a[:2], b)
