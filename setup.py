@@ -22,7 +22,10 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "scikit-image", "elpv-dataset", "triton>=3.0"],
+        # the test suite and benchmarks; elpv-dataset's images are non-commercial: only the tests read them
+        # export to ONNX / OpenVINO and run exported models
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.4"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scikit-image", "elpv-dataset", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["sacd-fast=sacd_fast.cli:main"]},
 )

@@ -25,8 +25,8 @@ def machine_line() -> str:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    device = torch.cuda.get_device_name() if ON_GPU else f"CPU {platform.processor() or platform.machine()}, " \
-                                                          f"{torch.get_num_threads()} threads"
+    cpu = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if ON_GPU else cpu
     return f"{device}; torch {torch.__version__}; triton {triton_version}"
 
 
@@ -84,14 +84,16 @@ def timed(benchmark, request):
             sync()
 
         benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=2)
-        seconds = benchmark.stats.stats.median
+        stats = benchmark.stats.stats
+        seconds = stats.median
+        spread = (stats.q3 - stats.q1) / seconds  # interquartile range, relative to the median
         gb_per_s = bytes / seconds / 1e9 if bytes else None
         of_floor = gb_per_s / floor_gb_per_s if gb_per_s and floor_gb_per_s else None
         benchmark.extra_info.update(machine=machine_line(), items_per_s=items / seconds, gb_per_s=gb_per_s,
                                     copy_gb_per_s=floor_gb_per_s, of_copy_floor=of_floor, case=case,
                                     provider=provider)
         row = {"case": case, "provider": provider, "ms": seconds * 1e3, "items_per_s": items / seconds,
-               "gb_per_s": gb_per_s, "of_copy_floor": of_floor}
+               "gb_per_s": gb_per_s, "of_copy_floor": of_floor, "spread": spread}
         RESULTS.append(row)
         if os.environ.get("SACD_BENCH_ROWS"):  # appended as measured: survives a run cut short
             with open(os.environ["SACD_BENCH_ROWS"], "a") as f:
@@ -107,18 +109,32 @@ def summary_rows(results: list[dict]) -> list[dict]:
             for r in results]
 
 
+NOISY = 0.10  # an interquartile range above 10% of the median marks a row as noisy
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'case':<76} {'provider':<12} {'ms':>10} {'items/s':>11} {'GB/s':>8} {'of copy':>8} {'x ref':>7}"]
+    lines = [f"{'case':<76} {'provider':<12} {'ms':>10} {'spread':>7} {'items/s':>11} {'GB/s':>8} {'of copy':>8} "
+             f"{'x ref':>7}"]
     for r in rows:
         gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] else "-"
         floor = f"{r['of_copy_floor']:.0%}" if r.get("of_copy_floor") else "-"
         ratio = f"{r['vs_reference']:.2f}" if r["vs_reference"] else "-"
-        lines.append(f"{r['case']:<76} {r['provider']:<12} {r['ms']:>10.3f} {r['items_per_s']:>11.1f} "
+        spread = r.get("spread")
+        spread = "-" if spread is None else f"{spread:.0%}" + ("*" if spread > NOISY else " ")
+        lines.append(f"{r['case']:<76} {r['provider']:<12} {r['ms']:>10.3f} {spread:>7} {r['items_per_s']:>11.1f} "
                      f"{gbs:>8} {floor:>8} {ratio:>7}")
+    if any((r.get("spread") or 0) > NOISY for r in rows):
+        lines.append(f"* noisy: the interquartile range of the timings exceeds {NOISY:.0%} of the median")
     return "\n".join(lines)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
+    # One table: ours (ratios to the reference provider, spread marks) replaces
+    # pytest-benchmark's own; --benchmark-json still writes its full statistics.
+    session = getattr(terminalreporter.config, "_benchmarksession", None)
+    if session is not None:
+        session.display = lambda reporter: None
     if RESULTS:
         terminalreporter.write_sep("=", f"sacd_fast providers on {machine_line()}")
         terminalreporter.write_line(format_table(summary_rows(RESULTS)))

@@ -55,9 +55,10 @@ def gaussian_taps(sigma: float, dtype=torch.float32, device=None) -> torch.Tenso
 
 def reflect_index(n: int, radius: int, device=None) -> torch.Tensor:
     """Source indices for positions ``-radius .. n - 1 + radius`` under scipy's
-    ``reflect`` border (``d c b a | a b c d | d c b a``), valid for any radius."""
-    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
-    return torch.where(i >= n, 2 * n - 1 - i, i)
+    ``reflect`` border (``d c b a | a b c d | d c b a``), valid for any radius.
+    Built from Python integers, so an exported graph holds them as a constant."""
+    index = [i % (2 * n) for i in range(-radius, n + radius)]
+    return torch.tensor([2 * n - 1 - i if i >= n else i for i in index], device=device)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

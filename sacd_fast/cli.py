@@ -1,9 +1,10 @@
-"""The sacd-fast command line (also ``python -m sacd_fast``).
+"""The sacd-fast command line (also: python -m sacd_fast).
 
     sacd-fast demo        generate data, train, evaluate, write heatmaps
     sacd-fast train       train one model per product on its normal images
     sacd-fast eval        metrics, per-image CSV and heatmaps on a test split
     sacd-fast predict     score image files or folders
+    sacd-fast export      write a trained model to one ONNX or OpenVINO file
     sacd-fast synth-data  write a generated dataset in the MVTec AD layout
     sacd-fast profile     parameters and FLOPs per part of the model
 
@@ -20,8 +21,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import commands
-from .teacher import BACKBONES
+from . import __version__, commands
+from .calibration import DEFAULT_FALSE_ALARM_RATE
+from .teacher import BACKBONES, TEACHER_INPUTS
 
 
 def profile_command(args) -> dict:
@@ -36,8 +38,9 @@ def profile_command(args) -> dict:
         warnings.simplefilter("ignore")  # a random teacher counts the same
         model = SACD(args.backbone, teacher_weights=None, image_size=args.image_size)
     report = profile(model, args.image_size)
-    rows = [(part, report[part]["params"], report[part]["flops"]) for part in (*PARTS, "total")]
-    rows.insert(len(PARTS), ("anomaly map", 0, anomaly_map_flops(model, args.image_size)))
+    map_flops = anomaly_map_flops(model, args.image_size)
+    rows = [(part, report[part]["params"], report[part]["flops"]) for part in PARTS]
+    rows += [("anomaly map", 0, map_flops), ("total", report["total"]["params"], report["total"]["flops"] + map_flops)]
     print(f"{args.backbone} at {args.image_size}x{args.image_size}, per image (1 flop = 1 multiply-add)")
     print(f"{'part':<12} {'params (M)':>11} {'GFLOPs':>9}")
     for name, params, flops in rows:
@@ -45,8 +48,8 @@ def profile_command(args) -> dict:
     if args.bench_json:
         data = json.loads(Path(args.bench_json).read_text())
         flops = {part: report[part]["flops"] for part in PARTS}
-        flops["anomaly_map"] = anomaly_map_flops(model, args.image_size)
-        flops["total"] = report["total"]["flops"] + flops["anomaly_map"]
+        flops["anomaly_map"] = map_flops
+        flops["total"] = report["total"]["flops"] + map_flops
         wanted = (f"backbone={args.backbone}", f"size={args.image_size}")
         for bench in data.get("benchmarks", []):
             info = bench.get("extra_info") or {}
@@ -62,11 +65,30 @@ def profile_command(args) -> dict:
     return report
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default when it has a meaningful one (not for required
+    options, flags, or options whose absence is their default)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or action.required or not action.option_strings:
+            return action.help
+        return f"{action.help} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sacd-fast", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sacd-fast {__version__}")
     commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
+
+    def decision(p):
+        p.add_argument("--threshold", type=float, default=None,
+                       help="decision threshold on the raw score (default: the one calibrated at training)")
+        p.add_argument("--false-alarm-rate", type=float, default=None,
+                       help="recalibrate the threshold for this share of normal images flagged, from the "
+                            "held-out scores kept in the checkpoint")
 
     def runtime(p, batch_size=16):
         p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
@@ -88,39 +110,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--teacher-weights", default="imagenet",
                    help="'imagenet' (downloads the ResNets if online; Lite0's is bundled) or a local .pth file")
+    p.add_argument("--teacher-input", default="imagenet", choices=TEACHER_INPUTS,
+                   help="how the teacher sees the image: ImageNet mean/std for every backbone, or the scaling "
+                        "its weights were trained on (differs only for efficientnet_lite0)")
     p.add_argument("--epochs", type=int, default=200, help="training epochs (the last one is kept)")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of training images held out to calibrate the decision threshold")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE,
+                   help="share of normal images the calibrated threshold may flag (estimated on the held-out "
+                        "images: a conformal bound, or a fitted tail when they are too few)")
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast and channels_last (synthesis and FeaCali use the Triton kernels)")
     runtime(p)
     p.set_defaults(run=lambda a: commands.train(
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
-        workers=a.workers, device=a.device, fast=a.fast))
+        workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, fast=a.fast,
+        teacher_input=a.teacher_input))
 
     p = commands_.add_parser("eval", help="evaluate a checkpoint on a test split", formatter_class=fmt)
-    p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.pt written by `sacd-fast train`, or a model.onnx / model.xml it was exported to")
     dataset(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, scores.csv, heatmaps/")
+    p.add_argument("--report", action="store_true", help="also write report.html: metrics, curves and heatmaps")
+    decision(p)
     runtime(p)
     fast_flag(p)
-    p.set_defaults(run=lambda a: commands.evaluate(a.checkpoint, a.data, a.out, category=a.category,
-                                                   batch_size=a.batch_size, device=a.device, fast=a.fast))
+    p.set_defaults(run=lambda a: commands.evaluate(
+        a.checkpoint, a.data, a.out, category=a.category, batch_size=a.batch_size, device=a.device, fast=a.fast,
+        threshold=a.threshold, false_alarm_rate=a.false_alarm_rate, report=a.report))
 
     p = commands_.add_parser("predict", help="score images and write heatmaps", formatter_class=fmt)
-    p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.pt written by `sacd-fast train`, or a model.onnx / model.xml it was exported to")
     p.add_argument("--out", required=True, help="output folder: scores.csv, scores.json, heatmaps/")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold on the score (default: the one calibrated at training)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    decision(p)
     runtime(p)
     fast_flag(p)
-    p.set_defaults(run=lambda a: commands.predict(a.checkpoint, a.paths, a.out, threshold=a.threshold,
-                                                  batch_size=a.batch_size, device=a.device, fast=a.fast))
+    p.set_defaults(run=lambda a: commands.predict(
+        a.checkpoint, a.paths, a.out, threshold=a.threshold, false_alarm_rate=a.false_alarm_rate,
+        batch_size=a.batch_size, device=a.device, fast=a.fast))
+
+    p = commands_.add_parser("export", help="write a trained model to one ONNX or OpenVINO file",
+                             formatter_class=fmt)
+    p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
+    p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="file format")
+    p.add_argument("--out", required=True, help="output folder: model.onnx, or model.xml and model.bin")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--batch", type=int, default=1, help="the batch size the file takes")
+    size.add_argument("--dynamic-batch", action="store_true", help="a file that takes any batch size")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="weights and compute")
+    p.set_defaults(run=lambda a: commands.export_model(a.checkpoint, a.out, format=a.format,
+                                                       batch=None if a.dynamic_batch else a.batch,
+                                                       precision=a.precision))
 
     p = commands_.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",
                              formatter_class=fmt)

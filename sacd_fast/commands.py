@@ -24,9 +24,13 @@ from torch.utils.data import Subset
 from .checkpoint import load_checkpoint
 from .data import AnomalyDataset, ImageFiles
 from .files import exclusive_folder, write_text
-from .inference import calibrate, evaluate_predictions, load_for_inference, predict_dataset
+from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
+from .export import Inferencer, export
+from .inference import at_threshold, calibrate, evaluate_predictions, load_for_inference, predict_dataset
 from .model import SACD
+from .teacher import TEACHER_INPUTS
 from .outputs import heatmap_names, refuse_overwriting_inputs, score_rows, write_csv, write_heatmaps, write_json
+from .report import write_report
 from .synthdata import write_dataset
 from .train import TrainSettings, fit
 
@@ -70,9 +74,10 @@ def check_image_size(image_size) -> None:
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Train and held-out index lists; nothing is held out below 10 images."""
+    """Train and held-out index lists: at least 2 held out (a threshold needs two
+    scores to fit), none below 10 images or with a fraction of 0."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = int(round(n * fraction)) if n >= 10 else 0
+    held = max(2, int(round(n * fraction))) if n >= 10 and fraction > 0 else 0
     return sorted(order[held:]), sorted(order[:held])
 
 
@@ -99,13 +104,16 @@ def start_distributed(device: torch.device) -> torch.device:
 def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | None = None,
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
-          device: str = "auto", fast: bool = False, progress: bool = True) -> dict | None:
+          false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", fast: bool = False,
+          progress: bool = True, teacher_input: str = "imagenet") -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
-    it stopped) and ``out/train_log.jsonl``. Under torchrun every process
-    trains its share; rank 0 writes. Returns the checkpoint's thresholds and
-    history (None on the other ranks).
+    it stopped) and ``out/train_log.jsonl``. The decision threshold is set for
+    ``false_alarm_rate`` on the held-out normal images
+    (:mod:`sacd_fast.calibration`). Under torchrun every process trains its
+    share; rank 0 writes. Returns the checkpoint's thresholds and history
+    (None on the other ranks).
     """
     check_setting("epochs", epochs, 1, integer=True)
     check_image_size(image_size)
@@ -113,6 +121,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     check_setting("seed", seed, 0, integer=True)
     check_setting("val-fraction", val_fraction, 0.0, 1.0, below_high=True)
     check_setting("workers", workers, 0, integer=True)
+    check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
+    if teacher_input not in TEACHER_INPUTS:
+        raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     device = resolve_device(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -120,23 +131,23 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     try:
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
         if dist.is_initialized() and dist.get_rank() != 0:
-            _train(dataset, Path(out), backbone, teacher_weights, epochs, image_size, batch_size, seed,
-                   val_fraction, workers, device, fast, progress=False)
+            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size, batch_size, seed,
+                   val_fraction, workers, false_alarm_rate, device, fast, progress=False)
             return None
         with exclusive_folder(out, "sacd-fast train"):
-            return _train(dataset, Path(out), backbone, teacher_weights, epochs, image_size, batch_size, seed,
-                          val_fraction, workers, device, fast, progress)
+            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size,
+                          batch_size, seed, val_fraction, workers, false_alarm_rate, device, fast, progress)
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
-def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, epochs, image_size, batch_size, seed,
-           val_fraction, workers, device, fast, progress) -> dict | None:
+def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, epochs, image_size,
+           batch_size, seed, val_fraction, workers, false_alarm_rate, device, fast, progress) -> dict | None:
     dataset.check(progress)
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
-    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size)
+    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
     checkpoint, log_path = out / "model.pt", out / "train_log.jsonl"
     normal = Subset(dataset, val_idx or train_idx)
@@ -158,7 +169,7 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, epochs
         say(f"epoch {h['epoch']}/{epochs}  loss {h['total']:.4f} (kd {h['kd']:.4f}, intra {h['intra']:.4f})")
 
     def thresholds(trained: SACD) -> dict:
-        values = calibrate(trained, normal, batch_size, device, progress)
+        values = calibrate(trained, normal, batch_size, device, progress, false_alarm_rate)
         values["source"] = "held-out normal training images" if val_idx else "training images"
         return {"thresholds": values}
 
@@ -168,67 +179,138 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, epochs
         return None
     payload = load_checkpoint(checkpoint)
     calibrated = payload["thresholds"]
-    say(f"wrote {checkpoint} (threshold {calibrated['image']:.4f} from {calibrated['images']} "
-        f"{calibrated['source']})")
+    say(f"wrote {checkpoint}: {describe_threshold(calibrated)}")
     return {"thresholds": calibrated, "history": payload["history"]}
+
+
+def decision(checkpoint, device: torch.device, fast: bool, threshold: float | None,
+             false_alarm_rate: float | None) -> tuple[SACD, dict]:
+    """The model and the thresholds to decide with: the calibrated ones, recalibrated
+    for another ``false_alarm_rate`` from the stored held-out scores, or ``threshold``."""
+    if threshold is not None:
+        check_setting("threshold", threshold)
+    if false_alarm_rate is not None:
+        check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
+    if fast and device.type != "cuda":
+        say("--fast changes nothing on a CPU: the fast model compiles and uses the Triton kernels on CUDA only")
+    if Path(checkpoint).suffix.lower() in (".onnx", ".xml"):
+        model = Inferencer(checkpoint)
+        thresholds = model.thresholds
+        if "image" not in thresholds and threshold is None:
+            raise ValueError(f"{checkpoint} carries no calibrated threshold: pass --threshold")
+    else:
+        model, thresholds = load_for_inference(checkpoint, device, fast)
+    if false_alarm_rate is not None:
+        if "scores" not in thresholds:
+            raise ValueError(f"{checkpoint} keeps no held-out scores (it predates false-alarm calibration): "
+                             "use --threshold, or train again")
+        thresholds = {**thresholds, **calibrate_threshold(thresholds["scores"], false_alarm_rate)}
+    if threshold is not None:
+        thresholds = {**thresholds, "image": float(threshold), "method": "given by --threshold"}
+    return model, thresholds
+
+
+def describe_threshold(thresholds: dict) -> str:
+    if "false_alarm_rate" not in thresholds or thresholds["method"] == "given by --threshold":
+        return f"threshold {thresholds['image']:.4f} ({thresholds['method']})"
+    low, high = thresholds["false_alarm_interval"]
+    return (f"threshold {thresholds['image']:.4f} for a {thresholds['false_alarm_rate']:.1%} false-alarm rate "
+            f"({thresholds['method']} on {thresholds['images']} held-out normal images; the rate it gives lies in "
+            f"{low:.1%}-{high:.1%} with 90% confidence)")
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
              category: str | None = None, batch_size: int = 16, device: str = "auto", fast: bool = False,
+             threshold: float | None = None, false_alarm_rate: float | None = None, report: bool = False,
              progress: bool = True) -> dict:
     """Metrics, per-image scores and heatmaps of a checkpoint on a test split:
-    ``out/metrics.json`` (written last), ``out/scores.csv`` and ``out/heatmaps/``."""
+    ``out/metrics.json`` (written last), ``out/scores.csv``, ``out/heatmaps/``
+    and, with ``report``, ``out/report.html``."""
     check_setting("batch-size", batch_size, 1, integer=True)
     device = resolve_device(device)
     out = Path(out)
-    model, thresholds = load_for_inference(checkpoint, device, fast)
+    model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
     dataset = AnomalyDataset(data, category, "test", model.config["image_size"])
     with exclusive_folder(out, "sacd-fast eval"):
         dataset.check(progress)
         result = predict_dataset(model, dataset, batch_size, device, progress)
-        report = evaluate_predictions(result)
-        report["threshold"] = thresholds["image"]
-        names = heatmap_names(result)
-        refuse_overwriting_inputs(list(result["path"]), [out / "heatmaps" / n for n in names] +
-                                  [out / "scores.csv", out / "metrics.json"])
+        metrics = evaluate_predictions(result)
+        metrics["at_threshold"] = at_threshold(result["label"], result["scores"], thresholds["image"])
+        metrics["threshold"] = {k: v for k, v in thresholds.items() if k != "scores"}
+        names = heatmap_names(list(result["path"]), dataset.folder / "test")
+        outputs = [out / "heatmaps" / n for n in names] + [out / "scores.csv", out / "metrics.json"]
+        refuse_overwriting_inputs(list(result["path"]), outputs + [out / "report.html"])
         write_heatmaps(result, thresholds, out / "heatmaps", names, with_truth=True)
-        write_csv(score_rows(result, names, thresholds["image"]), out / "scores.csv")
-        write_json(report, out / "metrics.json")
-    skipped = report["pixel_metrics_skipped_for"]
-    print(" ".join(f"{k} {report[k]:.4f}" if report[k] is not None else f"{k} n/a"
-                   for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))
-          + (f"  (pixel metrics skipped for {', '.join(skipped)}: no masks)" if skipped else ""))
-    return report
+        rows = score_rows(result, names, thresholds)
+        write_csv(rows, out / "scores.csv")
+        if report:
+            write_report(out / "report.html", metrics, result, rows, out)
+        write_json(metrics, out / "metrics.json")
+    print(summary(metrics))
+    say(f"{describe_threshold(thresholds)}; wrote {out / 'metrics.json'}, {out / 'scores.csv'}, "
+        f"{len(names)} heatmaps in {out / 'heatmaps'}" + (f" and {out / 'report.html'}" if report else ""))
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    """What ``eval`` prints: the threshold-free metrics, then the decisions at the threshold."""
+    def value(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    at = metrics["at_threshold"]
+    lines = ["  ".join(f"{k} {value(metrics[k])}" for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))]
+    skipped = metrics["pixel_metrics_skipped_for"]
+    if skipped:
+        lines[0] += f"  (pixel metrics skipped for {', '.join(skipped)}: no masks)"
+    lines.append(f"at threshold {at['threshold']:.4f}: {at['true_positives']} defects found, "
+                 f"{at['false_negatives']} missed, {at['false_positives']} false alarms, {at['true_negatives']} "
+                 f"normal passed; precision {value(at['precision'])}, recall {value(at['recall'])}, "
+                 f"F1 {value(at['f1'])}, false-alarm rate {value(at['false_alarm_rate'])}")
+    if metrics["image_auroc_per_defect"]:
+        lines.append("image AUROC per defect: " + ", ".join(
+            f"{d} {v:.4f}" for d, v in metrics["image_auroc_per_defect"].items()))
+    return "\n".join(lines)
 
 
 def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: str | os.PathLike, *,
-            threshold: float | None = None, batch_size: int = 16, device: str = "auto", fast: bool = False,
-            progress: bool = True) -> list[dict]:
+            threshold: float | None = None, false_alarm_rate: float | None = None, batch_size: int = 16,
+            device: str = "auto", fast: bool = False, progress: bool = True) -> list[dict]:
     """Score image files or folders: ``out/scores.csv``, ``out/scores.json`` and
     one heatmap per image in ``out/heatmaps/``. Nothing is written until every
     image has been scored."""
-    if threshold is not None:
-        check_setting("threshold", threshold)
     check_setting("batch-size", batch_size, 1, integer=True)
     device = resolve_device(device)
     out = Path(out)
-    model, thresholds = load_for_inference(checkpoint, device, fast)
-    if threshold is not None:
-        thresholds = {**thresholds, "image": float(threshold)}
+    model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
     images = ImageFiles(paths, model.config["image_size"])
     with exclusive_folder(out, "sacd-fast predict"):
         images.check(progress)
         result = predict_dataset(model, images, batch_size, device, progress)
-        names = heatmap_names(result)
+        names = heatmap_names(list(result["path"]))
         refuse_overwriting_inputs(list(result["path"]), [out / "heatmaps" / n for n in names] +
                                   [out / "scores.csv", out / "scores.json"])
-        rows = score_rows(result, names, thresholds["image"])
+        rows = score_rows(result, names, thresholds)
         write_heatmaps(result, thresholds, out / "heatmaps", names, with_truth=False)
         write_csv(rows, out / "scores.csv")
-        write_json({"threshold": thresholds["image"], "images": rows}, out / "scores.json")
+        write_json({"threshold": {k: v for k, v in thresholds.items() if k != "scores"}, "images": rows},
+                   out / "scores.json")
     flagged = sum(r["anomalous"] for r in rows)
-    print(f"{len(rows)} images scored, {flagged} above the threshold {thresholds['image']:.4f}; see {out}")
+    print(f"{len(rows)} images scored, {flagged} above the {describe_threshold(thresholds)}; see {out}")
     return rows
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, format: str = "onnx",
+                 batch: int | None = 1, precision: str = "fp32") -> Path:
+    """Write a trained checkpoint's whole pipeline, with its thresholds, to
+    ``out/model.onnx`` or ``out/model.xml`` (+ ``.bin``)."""
+    if batch is not None:
+        check_setting("batch", batch, 1, integer=True)
+    model, thresholds = load_for_inference(checkpoint, torch.device("cpu"))
+    with exclusive_folder(out, "sacd-fast export"):
+        path = export(model, Path(out) / "model", format, batch, precision, thresholds)
+    say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, "
+        f"{model.config['image_size']}x{model.config['image_size']} images)")
+    return path
 
 
 def synth_data(out: str | os.PathLike, category: str = "disc", seed: int = 0) -> Path:
@@ -244,9 +326,17 @@ def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: 
     """Generate data, train the Lite0 model, evaluate it: metrics.json and heatmaps in ``out``."""
     out = Path(out)
     root = out / "data"
-    if not (root / "disc").is_dir():
+    say(f"sacd-fast demo: a generated product (discs with scratches, cracks, holes, stains and missing pieces) "
+        f"in {root}, an {DEMO_BACKBONE} SACD model trained on its normal images ({epochs} epochs at "
+        f"{image_size}x{image_size}) in {out / 'model.pt'}, then its evaluation in {out}")
+    if (root / "disc").is_dir():
+        say(f"reusing the generated data in {root / 'disc'}")
+    else:
         synth_data(root, "disc", seed)
+    checkpoint = out / "model.pt"
+    if checkpoint.is_file():
+        say(f"reusing {checkpoint}: training continues from it if it has fewer than {epochs} epochs")
     common = dict(category="disc", batch_size=batch_size, device=device)
     train(root, out, backbone=DEMO_BACKBONE, teacher_weights="imagenet", epochs=epochs, image_size=image_size,
           seed=seed, **common)
-    return evaluate(out / "model.pt", root, out, **common)
+    return evaluate(checkpoint, root, out, report=True, **common)

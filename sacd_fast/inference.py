@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import metrics
+from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
 from .checkpoint import load_checkpoint
 from .fast import fast as make_fast
 from .model import SACD, normalize
@@ -22,25 +23,28 @@ def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
         raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`, or its "
                          "training has not finished (run the same train command again to finish it)")
     model = SACD.from_payload(payload, path).to(device)
+    # checkpoints from before false-alarm calibration: the score scale starts at the median map value
+    thresholds = {"score_median": thresholds["normal_level"], "method": "maximum of the held-out scores",
+                  **thresholds}
     return (make_fast(model) if fast else model), thresholds
 
 
-def predict_dataset(model: SACD, dataset: Dataset, batch_size: int = 16, device="cpu",
+def predict_dataset(model, dataset: Dataset, batch_size: int = 16, device="cpu",
                     progress: bool = True, desc: str = "scoring") -> dict:
-    """Run ``model.predict`` over a dataset of sacd_fast items.
+    """Run ``model.predict`` over a dataset of sacd_fast items (``model``: a
+    :class:`SACD` in eval mode on ``device``, its fast wrapper, or an
+    :class:`sacd_fast.export.Inferencer`).
 
     Returns a dict of numpy arrays: ``scores`` (N,), ``maps`` (N, H, W), and
-    every other per-item field of the dataset collated (``path``, ``label``,
-    ``mask`` (N, H, W), ``has_mask``, ``defect`` where present).
+    every other per-item field of the dataset collated (``path``, ``size``,
+    ``label``, ``mask`` (N, H, W), ``has_mask``, ``defect`` where present).
     """
-    model.to(device).eval()
     out: dict[str, list] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         prediction = model.predict(normalize(batch["image"].to(device)))
         out.setdefault("scores", []).append(prediction.scores.cpu().numpy())
         out.setdefault("maps", []).append(prediction.maps.cpu().numpy())
-        out.setdefault("images", []).append(batch["image"].numpy())
         for key, value in batch.items():
             if key != "image":
                 out.setdefault(key, []).append(value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
@@ -50,16 +54,29 @@ def predict_dataset(model: SACD, dataset: Dataset, batch_size: int = 16, device=
     return result
 
 
-def calibrate(model: SACD, normal: Dataset, batch_size: int = 16, device="cpu", progress: bool = True) -> dict:
-    """Decision threshold from normal (defect-free, held-out) images.
-
-    ``image``: the highest score seen on them; an image scores above it exactly
-    when some pixel of its map does, so the same value outlines the regions.
-    ``normal_level``: the median map value, the bottom of the heatmap colour scale.
-    """
+def calibrate(model: SACD, normal: Dataset, batch_size: int = 16, device="cpu", progress: bool = True,
+              false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> dict:
+    """Decision threshold from normal (defect-free, held-out) images, for a target
+    false-alarm rate (:func:`sacd_fast.calibration.calibrate_threshold`). An image
+    scores above the threshold exactly when some pixel of its map does, so the
+    same value outlines the regions. ``normal_level``, the median map value, is
+    the bottom of the heatmap colour scale."""
     result = predict_dataset(model, normal, batch_size, device, progress, desc="calibrating")
-    return {"image": float(result["scores"].max()), "normal_level": float(np.median(result["maps"])),
-            "images": len(normal)}
+    return {**calibrate_threshold(result["scores"], false_alarm_rate),
+            "normal_level": float(np.median(result["maps"]))}
+
+
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Confusion counts, precision, recall, F1 and false-alarm rate of ``scores > threshold``."""
+    flagged, labels = np.asarray(scores) > threshold, np.asarray(labels).astype(bool)
+    tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
+    fn, tn = int((~flagged & labels).sum()), int((~flagged & ~labels).sum())
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
+    return {"threshold": float(threshold), "true_positives": tp, "false_positives": fp, "true_negatives": tn,
+            "false_negatives": fn, "precision": precision, "recall": recall, "f1": f1,
+            "false_alarm_rate": fp / (fp + tn) if fp + tn else None}
 
 
 def evaluate_predictions(result: dict) -> dict:
@@ -74,4 +91,8 @@ def evaluate_predictions(result: dict) -> dict:
     report["pixel_metrics_skipped_for"] = skipped
     report["images"] = int(len(labels))
     report["anomalous_images"] = int(labels.sum())
+    defects, normal, scores = np.asarray(result["defect"]), labels == 0, result["scores"]
+    report["image_auroc_per_defect"] = {  # each defect class against the normal images
+        d: metrics.image_auroc(labels[normal | (defects == d)], scores[normal | (defects == d)])
+        for d in sorted(set(defects[labels == 1]))} if normal.any() else {}
     return report

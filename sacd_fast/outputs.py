@@ -1,5 +1,13 @@
 """The files that ``eval`` and ``predict`` write: heatmaps, scores and metrics,
-each written whole or not at all (:mod:`sacd_fast.files`)."""
+each written whole or not at all (:mod:`sacd_fast.files`).
+
+Both commands write ``scores.csv`` with the same columns and formats: ``path``,
+``defect`` and ``label`` (empty for ``predict``), ``score`` (raw),
+``normalized_score`` (0..1, 0.5 at the threshold), ``anomalous`` (0 or 1) and
+``heatmap``. Heatmaps mirror the inputs' paths under ``heatmaps/`` (relative to
+the test split for ``eval``, to the inputs' common folder for ``predict``),
+with ``.png`` appended to the full file name, so two inputs never share one.
+"""
 
 from __future__ import annotations
 
@@ -11,34 +19,32 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import normalized
+from .data import read_rgb
 from .files import atomic_write, write_text
 from .visualize import heatmap_panel
+
+SCORE_COLUMNS = ("path", "defect", "label", "score", "normalized_score", "anomalous", "heatmap")
 
 
 def write_json(data, path: Path) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns=SCORE_COLUMNS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
 
 
-def heatmap_names(result: dict) -> list[str]:
-    """One distinct PNG name per image: ``<defect>_<stem>`` or ``<stem>``, suffixed on a clash."""
-    names, seen = [], set()
-    for i, path in enumerate(result["path"]):
-        base = Path(path).stem if "defect" not in result else f"{result['defect'][i]}_{Path(path).stem}"
-        name, k = base, 1
-        while name in seen:
-            k += 1
-            name = f"{base}_{k}"
-        seen.add(name)
-        names.append(f"{name}.png")
-    return names
+def heatmap_names(paths: list[str], root: str | os.PathLike | None = None) -> list[str]:
+    """``heatmaps/``-relative names: each input's path relative to ``root`` (default:
+    the inputs' common folder) with ``.png`` appended; distinct inputs, distinct names."""
+    paths = [os.path.abspath(p) for p in paths]
+    root = os.path.abspath(root) if root is not None else os.path.commonpath([os.path.dirname(p) for p in paths])
+    return [os.path.relpath(p, root) + ".png" for p in paths]
 
 
 def refuse_overwriting_inputs(inputs: list[str], outputs: list[Path]) -> None:
@@ -51,22 +57,23 @@ def refuse_overwriting_inputs(inputs: list[str], outputs: list[Path]) -> None:
 
 
 def write_heatmaps(result: dict, thresholds: dict, folder: Path, names: list[str], with_truth: bool) -> None:
-    """One heatmap panel per image into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """One heatmap panel per image, at the image's own size, into ``folder``."""
+    scores = normalized(result["scores"], thresholds["image"], thresholds["score_median"])
     for i, name in enumerate(names):
         truth = result["mask"][i] if with_truth and result["has_mask"][i] else None
-        panel = heatmap_panel(result["images"][i], result["maps"][i], thresholds["image"], thresholds["normal_level"],
-                              float(result["scores"][i]), name[:-4], truth)
-        atomic_write(folder / name, lambda f, panel=panel: panel.save(f, format="PNG"))
+        panel = heatmap_panel(read_rgb(result["path"][i]), result["maps"][i], thresholds["image"],
+                              thresholds["normal_level"], float(result["scores"][i]), float(scores[i]),
+                              name[: -len(".png")], truth)
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f, panel=panel: panel.save(f, format="PNG"))
 
 
-def score_rows(result: dict, names: list[str], threshold: float) -> list[dict]:
+def score_rows(result: dict, names: list[str], thresholds: dict) -> list[dict]:
+    """One row per image, in :data:`SCORE_COLUMNS`."""
     scores = np.asarray(result["scores"], dtype=np.float64)
-    rows = []
-    for i, path in enumerate(result["path"]):
-        row = {"path": path}
-        if "defect" in result:
-            row.update(defect=result["defect"][i], label=int(result["label"][i]))
-        row.update(score=float(scores[i]), anomalous=int(scores[i] > threshold), heatmap=f"heatmaps/{names[i]}")
-        rows.append(row)
-    return rows
+    norm = normalized(scores, thresholds["image"], thresholds["score_median"])
+    return [{"path": path, "defect": result["defect"][i] if "defect" in result else "",
+             "label": int(result["label"][i]) if "label" in result else "", "score": float(scores[i]),
+             "normalized_score": round(float(norm[i]), 6), "anomalous": int(scores[i] > thresholds["image"]),
+             "heatmap": f"heatmaps/{names[i]}"} for i, path in enumerate(result["path"])]

@@ -1,12 +1,17 @@
-"""Heatmap pictures a person reads at a glance: the image, the anomaly map over
-it, and the region above the decision threshold outlined, with the score."""
+"""Heatmap pictures a person reads at a glance, at the image's own size: the
+image (with its ground truth outlined in green when known), the anomaly map
+over it, the region above the decision threshold outlined in red, a colour
+bar with the score scale, and a caption with the raw and normalised scores."""
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-RED, GREEN = (255, 40, 40), (40, 230, 80)
+RED, GREEN, WHITE, GREY = (255, 40, 40), (40, 230, 80), (255, 255, 255), (160, 160, 160)
+MAX_SIDE = 2048  # larger images are drawn scaled down to this side
 
 
 def jet(x: np.ndarray) -> np.ndarray:
@@ -16,41 +21,77 @@ def jet(x: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The 2-pixel boundary of a boolean mask (H, W)."""
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The boundary of a boolean mask (H, W), about ``2 * width`` pixels wide."""
     image = Image.fromarray(mask.astype(np.uint8) * 255)
-    grown = np.asarray(image.filter(ImageFilter.MaxFilter(3))) > 0
-    shrunk = np.asarray(image.filter(ImageFilter.MinFilter(3))) > 0
+    size = 2 * width + 1
+    grown = np.asarray(image.filter(ImageFilter.MaxFilter(size))) > 0
+    shrunk = np.asarray(image.filter(ImageFilter.MinFilter(size))) > 0
     return grown & ~shrunk
 
 
-def heatmap_panel(image: np.ndarray, amap: np.ndarray, threshold: float, normal_level: float,
-                  score: float, title: str = "", truth: np.ndarray | None = None) -> Image.Image:
-    """Three panels side by side with a caption.
+def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A model-resolution map (h, w) bilinearly upsampled to (height, width), as the model upsamples."""
+    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=True)[0, 0].numpy()
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def heatmap_panel(image: Image.Image, amap: np.ndarray, threshold: float, normal_level: float, score: float,
+                  normalized_score: float, title: str = "", truth: np.ndarray | None = None) -> Image.Image:
+    """Three panels at the image's size, a colour bar and a caption.
 
     Args:
-        image: float (3, H, W) in [0, 1].
-        amap: float (H, W) anomaly map.
+        image: the original RGB image (drawn scaled down beyond :data:`MAX_SIDE`).
+        amap: float (h, w) anomaly map at the model's resolution (upsampled here).
         threshold: map value above which a pixel is anomalous; it sits at 2/3
             of the colour scale, whose bottom is ``normal_level``.
-        score: the image score shown in the caption.
-        truth: optional ground-truth mask, outlined in green on the first panel.
+        score, normalized_score: the image's raw and normalised (0..1) scores.
+        truth: optional ground-truth mask (any size), outlined in green.
     """
-    rgb = (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
-    h, w = amap.shape
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BILINEAR)
+    w, h = image.size
+    rgb = np.asarray(image.convert("RGB"))
+    amap = resize_map(amap, h, w)
     top = normal_level + 1.5 * max(threshold - normal_level, 1e-6)
     colours = jet((amap - normal_level) / (top - normal_level))
     overlay = (0.5 * rgb + 0.5 * colours).astype(np.uint8)
+    line = max(1, round(max(h, w) / 300))
     region = rgb.copy()
-    region[outline(amap > threshold)] = RED
+    region[outline(amap > threshold, line)] = RED
     first = rgb.copy()
     if truth is not None:
-        first[outline(truth > 0.5)] = GREEN
-    caption = 24
-    canvas = Image.new("RGB", (3 * w, h + caption), (0, 0, 0))
+        mask = np.asarray(Image.fromarray((np.asarray(truth) > 0.5).astype(np.uint8) * 255).resize((w, h),
+                                                                                                   Image.NEAREST))
+        first[outline(mask > 0, line)] = GREEN
+    text = max(12, round(min(h, 3 * w) / 28))
+    font = _font(text)
+    caption, bar = 2 * text + 10, 3 * text + 24
+    canvas = Image.new("RGB", (3 * w + bar, h + caption), (0, 0, 0))
     for i, panel in enumerate((first, overlay, region)):
         canvas.paste(Image.fromarray(panel), (i * w, caption))
-    verdict = "ANOMALOUS" if score > threshold else "normal"
-    text = f"{title}  score {score:.4f}  threshold {threshold:.4f}  {verdict}".strip()
-    ImageDraw.Draw(canvas).text((4, 6), text, fill=RED if score > threshold else (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    anomalous = score > threshold
+    verdict = "ANOMALOUS" if anomalous else "normal"
+    name = title.encode("utf-8", "backslashreplace").decode("utf-8")  # file names that are not valid UTF-8
+    draw.text((4, 4), name, fill=WHITE, font=font)
+    draw.text((4, text + 8), f"score {score:.4f} (normalised {normalized_score:.2f}), threshold {threshold:.4f}: "
+                             f"{verdict}", fill=RED if anomalous else WHITE, font=font)
+    # The colour bar: bottom normal_level, the threshold at 2/3, top 1.5x as far.
+    x0, y0, y1 = 3 * w + 6, caption + text // 2, caption + h - text // 2
+    ramp = jet(np.linspace(1, 0, max(y1 - y0, 2))[:, None].repeat(10, 1))
+    canvas.paste(Image.fromarray(ramp), (x0, y0))
+    for value, colour in ((top, GREY), (threshold, RED), (normal_level, GREY)):
+        y = y0 + round((1 - (value - normal_level) / (top - normal_level)) * (y1 - y0 - 1))
+        draw.line([(x0, y), (x0 + 14, y)], fill=colour, width=max(1, line))
+        draw.text((x0 + 16, y - text // 2), f"{value:.3g}", fill=colour, font=_font(max(10, text * 2 // 3)))
     return canvas

@@ -37,7 +37,7 @@ def test_demo_detects_defects(demo):
     assert report["image_auroc"] >= 0.95
     assert report["pixel_auroc"] >= 0.95
     assert report["pro"] >= 0.85 and report["f1_max"] >= 0.85
-    assert len(list((demo / "heatmaps").glob("*.png"))) == report["images"]
+    assert len(list((demo / "heatmaps").rglob("*.png"))) == report["images"]
 
 
 def test_demo_beats_the_pixel_deviation_baseline(demo):

@@ -223,7 +223,8 @@ def _(w, t):
 
 @cli_case("predict writing over its inputs")
 def _(w, t):
-    shutil.copytree(w.images, t / "o" / "heatmaps")
+    shutil.copytree(w.images, t / "o" / "heatmaps")  # 000.png's heatmap, heatmaps/000.png.png, is an input
+    shutil.copy(w.images / "000.png", t / "o" / "heatmaps" / "000.png.png")
     return ["predict", "--checkpoint", w.checkpoint, "--out", t / "o", t / "o" / "heatmaps"], "overwrite an input"
 
 
@@ -755,9 +756,9 @@ def test_outputs_keep_the_users_umask(umask, mode, world, tmp_path):
     done = run_cli(["predict", "--checkpoint", world.checkpoint, "--out", out, world.images / "000.png"],
                    umask=umask)
     assert done.returncode == 0, done.stderr
-    for path in (out / "scores.csv", out / "scores.json", out / "heatmaps" / "000.png"):
+    for path in (out / "scores.csv", out / "scores.json", out / "heatmaps" / "000.png.png"):
         assert path.stat().st_mode & 0o777 == mode, path
-    assert math.isfinite(json.loads((out / "scores.json").read_text())["threshold"])
+    assert math.isfinite(json.loads((out / "scores.json").read_text())["threshold"]["image"])
     done = run_cli(train_args(world.data, tmp_path / "run"), umask=umask)
     assert done.returncode == 0, done.stderr
     for name in ("model.pt", "train_log.jsonl"):

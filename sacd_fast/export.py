@@ -1,0 +1,265 @@
+"""Export a trained model as one ONNX or OpenVINO file, and run any of the three formats.
+
+The exported graph is the whole pipeline: an ImageNet-normalised float32
+image batch ``image`` (B, 3, S, S) in, ``scores`` (B,) and ``maps`` (B, S, S)
+out: teacher, OCBE, decoder, FeaCali (Conv, InstanceNormalization,
+LeakyRelu), the per-scale cosine distance, the bilinear upsampling
+(align_corners), the separable Gaussian (scipy's reflect border, done as a
+Gather of constant indices and a Conv with fixed taps) and the maximum. Only
+standard ONNX operators (opset :data:`OPSET`) that ONNX Runtime, OpenVINO and
+TensorRT all implement: Conv, InstanceNormalization, BatchNormalization (folded
+away), Relu, Clip, LeakyRelu, Add, Mul, Sub, Div, Sqrt, Max, ReduceSum,
+ReduceMax, Resize, Gather, Concat, Reshape, Transpose, Pad, ConvTranspose.
+
+What a consumer needs travels inside the file, under ``sacd_fast.*`` keys
+(ONNX ``metadata_props``, OpenVINO ``rt_info``): the format version, the
+backbone, the image size, the input normalisation, the batch size (0 when
+dynamic) and the calibrated thresholds as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .inference import load_for_inference
+from .kernels import reference
+from .model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
+
+OPSET = 18
+FORMAT = "sacd_fast/1"
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16")
+
+
+class Pipeline(nn.Module):
+    """Normalised images -> (scores, maps), in the reference ops only (what is exported)."""
+
+    def __init__(self, model: SACD, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model, self.dtype = model.eval(), dtype
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher, student = self.model.encode_decode(image.to(self.dtype))
+        calibrated = []
+        for module, x in zip(self.model.feacali, student):
+            for conv in module.convs:
+                x = reference.conv_in_lrelu(x, conv.weight, conv.bias, module.eps, module.negative_slope)
+            calibrated.append(x)
+        maps = reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
+                                            tuple(image.shape[-2:]), self.model.config["sigma"])
+        return maps.flatten(1).amax(1), maps
+
+
+def require(module: str, extra: str = "deploy"):
+    """Import ``module`` or raise an ImportError that says which extra installs it."""
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is not installed: pip install \"sacd_fast[{extra}]\" "
+                          f"(or pip install {module})") from e
+
+
+def metadata(model: SACD, thresholds: dict | None, batch: int | None) -> dict[str, str]:
+    """The ``sacd_fast.*`` entries an exported file carries."""
+    config = model.config
+    return {"sacd_fast.format": FORMAT, "sacd_fast.backbone": config["backbone"],
+            "sacd_fast.image_size": str(config["image_size"]), "sacd_fast.batch": str(batch or 0),
+            "sacd_fast.normalization": json.dumps({"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "range": [0, 1]}),
+            "sacd_fast.config": json.dumps(config),
+            "sacd_fast.thresholds": json.dumps(thresholds or {})}
+
+
+def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thresholds: dict | None = None) -> bytes:
+    """The pipeline as a checked ONNX model (fixed ``batch``, or dynamic when None)."""
+    onnx = require("onnx")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    size = model.config["image_size"]
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    pipeline = Pipeline(copy.deepcopy(model).to("cpu", dtype, memory_format=torch.contiguous_format), dtype)
+    example = torch.zeros(batch or 2, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes are about shapes frozen into the graph: they are the image size, fixed per
+        # export by design; the legacy exporter is chosen on purpose (no onnxscript dependency).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(pipeline, (example,), path, input_names=["image"], output_names=["scores", "maps"],
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                          dynamic_axes=None if batch else {"image": {0: "batch"}, "scores": {0: "batch"},
+                                                           "maps": {0: "batch"}})
+        proto = onnx.load(path)
+    for key, value in metadata(model, thresholds, batch).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: int | None = 1,
+           precision: str = "fp32", thresholds: dict | None = None) -> Path:
+    """Write ``model``'s whole pipeline to ``path`` (a .onnx file, or an OpenVINO
+    .xml with its .bin beside it) and return the path written.
+
+    Args:
+        batch: the batch size the file takes; None for any (dynamic).
+        precision: "fp32", or "fp16" (weights and compute; the input and outputs stay float32).
+        thresholds: the calibrated thresholds to carry (``sacd-fast export`` passes the checkpoint's).
+    """
+    from .files import atomic_write  # noqa: PLC0415
+
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive integer or None (dynamic), got {batch!r}")
+    path = Path(path)
+    data = onnx_bytes(model, batch, precision, thresholds)
+    if format == "onnx":
+        path = path.with_suffix(".onnx")
+        atomic_write(path, lambda f: f.write(data))
+        return path
+    ov = require("openvino")
+    path = path.with_suffix(".xml")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "model.onnx")
+        Path(source).write_bytes(data)
+        converted = ov.convert_model(source)
+        for key, value in metadata(model, thresholds, batch).items():
+            converted.set_rt_info(value, key.split("."))
+        staged = os.path.join(tmp, "model.xml")
+        ov.save_model(converted, staged, compress_to_fp16=precision == "fp16")
+        weights = Path(staged).with_suffix(".bin").read_bytes()
+        text = Path(staged).read_bytes()
+    atomic_write(path.with_suffix(".bin"), lambda f: f.write(weights))
+    atomic_write(path, lambda f: f.write(text))
+    return path
+
+
+@dataclass
+class ExportedInfo:
+    """What an exported file says about itself."""
+
+    backbone: str
+    image_size: int
+    batch: int  # 0: any
+    config: dict
+    thresholds: dict
+
+
+def _info(entries: dict[str, str], path) -> ExportedInfo:
+    if entries.get("sacd_fast.format") != FORMAT:
+        raise ValueError(f"{path} was not exported by sacd_fast (its sacd_fast.format metadata is "
+                         f"{entries.get('sacd_fast.format')!r}, expected {FORMAT!r})")
+    try:
+        return ExportedInfo(entries["sacd_fast.backbone"], int(entries["sacd_fast.image_size"]),
+                            int(entries["sacd_fast.batch"]), json.loads(entries["sacd_fast.config"]),
+                            json.loads(entries["sacd_fast.thresholds"]))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: incomplete sacd_fast metadata ({e})") from e
+
+
+class Inferencer:
+    """One ``predict`` for every format: a ``.pt`` checkpoint, an ``.onnx`` file
+    (ONNX Runtime) or an OpenVINO ``.xml``.
+
+    ``predict(images)`` takes ImageNet-normalised (B, 3, S, S) images (any
+    batch: fixed-batch files are fed in slices, padded) and returns a
+    :class:`sacd_fast.Prediction`; ``from_files(paths)`` reads the images as
+    ``sacd-fast predict`` does. ``image_size`` and ``thresholds`` come from the
+    file itself.
+
+    Example::
+
+        inferencer = Inferencer("model.onnx")
+        prediction = inferencer.from_files(["part_001.png"])
+        prediction.scores > inferencer.thresholds["image"]
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", precision: str = "f32"):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model not found: {self.path}")
+        suffix = self.path.suffix.lower()
+        if suffix == ".pt":
+            model, self.thresholds = load_for_inference(self.path, device)
+            self.image_size, self.batch, self.config = model.config["image_size"], 0, dict(model.config)
+            self._run = lambda x: model.predict(torch.from_numpy(x).to(device))
+            return
+        if suffix == ".onnx":
+            ort = require("onnxruntime")
+            onnx = require("onnx")
+            try:
+                proto = onnx.load(str(self.path), load_external_data=False)
+            except Exception as e:
+                raise ValueError(f"{self.path} is not an ONNX model ({type(e).__name__}: {e})") from e
+            info = _info({p.key: p.value for p in proto.metadata_props}, self.path)
+            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self._run = lambda x: session.run(["scores", "maps"], {"image": x})
+        elif suffix == ".xml":
+            ov = require("openvino")
+            core = ov.Core()
+            try:
+                model = core.read_model(str(self.path))
+            except Exception as e:
+                raise ValueError(f"{self.path} is not an OpenVINO model ({type(e).__name__}: {e})") from e
+            entries = {}
+            if model.has_rt_info(["sacd_fast", "format"]):
+                entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
+                           for k in ("format", "backbone", "image_size", "batch", "config", "thresholds")
+                           if model.has_rt_info(["sacd_fast", k])}
+            info = _info(entries, self.path)
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+            request = compiled.create_infer_request()
+
+            def run(x):
+                out = request.infer({"image": x})
+                return out[compiled.output("scores")], out[compiled.output("maps")]
+
+            self._run = run
+        else:
+            raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
+        self.image_size, self.batch, self.config = info.image_size, info.batch, info.config
+        self.thresholds = {"score_median": info.thresholds.get("normal_level"), **info.thresholds}
+
+    def predict(self, images) -> Prediction:
+        """Scores (B,) and maps (B, S, S), float32 tensors, for normalised images (B, 3, S, S)."""
+        x = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"{self.path} takes (B, 3, {s}, {s}) images, got {tuple(x.shape)}")
+        if not np.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        step = self.batch or len(x)
+        scores, maps = [], []
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step]
+            if len(chunk) < step:  # a fixed-batch file: pad the last slice
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+            out = self._run(chunk)
+            if isinstance(out, Prediction):
+                out = (out.scores.cpu().numpy(), out.maps.cpu().numpy())
+            n = min(step, len(x) - i)
+            scores.append(np.asarray(out[0])[:n])
+            maps.append(np.asarray(out[1])[:n])
+        return Prediction(scores=torch.from_numpy(np.concatenate(scores)).float(),
+                          maps=torch.from_numpy(np.concatenate(maps)).float())
+
+    def from_files(self, paths) -> Prediction:
+        """Read image files or folders (as ``sacd-fast predict`` does) and predict them."""
+        from .data import ImageFiles  # noqa: PLC0415
+
+        images = ImageFiles(paths, self.image_size)
+        images.check(progress=False)
+        return self.predict(normalize(torch.stack([images[i]["image"] for i in range(len(images))])))
