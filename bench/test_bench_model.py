@@ -4,7 +4,16 @@ same, fp32) and fast (sacd_fast.fast); then each part alone at the
 throughput batch, to show where the time goes (``sacd-fast profile
 --bench-json`` turns those rates into multiply-adds per second). On a GPU:
 WideResNet-50-2 at 256², batches 1 and 32. On a CPU: ResNet-18 and Lite0 at
-128², batches 1 and 4."""
+128², batches 1 and 4. Random weights, but Lite0's teacher, whose ImageNet
+weights ship with it.
+
+On a CPU, ``test_deployed`` compares what a CPU deployment can run, at 256²:
+eager fp32 (reference), ``sacd_fast.fast`` (the backend it picks),
+ONNX Runtime and OpenVINO in fp32 on the exported pipeline, and anomalib's
+reverse distillation (random weights) as the peer, skipped when anomalib
+cannot be imported. WideResNet-50-2 at batches 1 and 4, ResNet-18 and Lite0
+at batch 4.
+"""
 
 import warnings
 
@@ -23,7 +32,10 @@ def build(backbone, size):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return SACD(backbone, teacher_weights=None, image_size=size).to(DEVICE).eval()
+        # Lite0's ImageNet weights ship with the package; a random Lite0 (random batch-norm
+        # statistics) is too ill-conditioned for any backend to match eager fp32.
+        weights = "imagenet" if backbone == "efficientnet_lite0" else None
+        return SACD(backbone, teacher_weights=weights, image_size=size).to(DEVICE).eval()
 
 
 def compiled_predict(model):
@@ -87,3 +99,46 @@ def test_part(timed, provider, part, backbone, size):
             fn()
 
     timed(run, items=batch)
+
+
+DEPLOYED = [] if ON_GPU else [("wide_resnet50_2", 256, 1), ("wide_resnet50_2", 256, 4), ("resnet18", 256, 4),
+                              ("efficientnet_lite0", 256, 4)]
+
+
+def exported_predict(model, runtime):
+    """The exported pipeline (fp32, any batch) in ONNX Runtime or OpenVINO."""
+    pytest.importorskip(runtime)
+    from sacd_fast.export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner
+
+    data = onnx_bytes(model, batch=None)
+    run = onnxruntime_runner(data) if runtime == "onnxruntime" else openvino_runner(openvino_model(data), "f32")
+    return lambda x: run(x.numpy())
+
+
+def anomalib_predict(backbone, size):
+    """anomalib's ReverseDistillationModel in eval mode (maps and scores), random weights."""
+    try:
+        from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
+    except Exception as e:  # noqa: BLE001 -- not installed, or its torchvision does not load
+        pytest.skip(f"anomalib unusable here: {type(e).__name__}: {e}")
+    if backbone == "efficientnet_lite0":
+        pytest.skip("anomalib's reverse distillation has no EfficientNet-Lite0 decoder")
+    torch.manual_seed(0)
+    model = ReverseDistillationModel(backbone=backbone, input_size=(size, size),
+                                     layers=["layer1", "layer2", "layer3"], anomaly_map_mode="add",
+                                     pre_trained=False).eval()
+    return torch.no_grad()(model)
+
+
+@pytest.mark.parametrize("provider", ["reference", "fast", "onnxruntime", "openvino", "anomalib"])
+@pytest.mark.parametrize("backbone,size,batch", DEPLOYED)
+def test_deployed(timed, provider, backbone, size, batch):
+    x = torch.randn(batch, 3, size, size)
+    if provider == "anomalib":
+        predict = anomalib_predict(backbone, size)
+    else:
+        model = build(backbone, size)
+        predict = {"reference": lambda: model.predict, "fast": lambda: sacd_fast.fast(model).predict,
+                   "onnxruntime": lambda: exported_predict(model, "onnxruntime"),
+                   "openvino": lambda: exported_predict(model, "openvino")}[provider]()
+    timed(lambda: predict(x), items=batch, rounds=5)

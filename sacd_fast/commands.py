@@ -27,6 +27,7 @@ from .files import exclusive_folder, write_text
 from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
 from .export import Inferencer, export
 from .inference import at_threshold, calibrate, evaluate_predictions, load_for_inference, predict_dataset
+from .fast import CPU_BOUNDS
 from .model import SACD
 from .teacher import TEACHER_INPUTS
 from .outputs import heatmap_names, refuse_overwriting_inputs, score_rows, write_csv, write_heatmaps, write_json
@@ -125,6 +126,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     device = resolve_device(device)
+    if fast and device.type != "cuda":
+        say("--fast changes nothing when training on a CPU: bf16 autocast, channels_last and the Triton kernels "
+            "are for CUDA")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         device = start_distributed(device)
@@ -192,7 +196,8 @@ def decision(checkpoint, device: torch.device, fast: bool, threshold: float | No
     if false_alarm_rate is not None:
         check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
     if fast and device.type != "cuda":
-        say("--fast changes nothing on a CPU: the fast model compiles and uses the Triton kernels on CUDA only")
+        say("--fast on a CPU: the first batch picks the fastest installed backend whose maps match the eager "
+            f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 within {CPU_BOUNDS['bf16']:g} of the map scale)")
     if Path(checkpoint).suffix.lower() in (".onnx", ".xml"):
         model = Inferencer(checkpoint)
         thresholds = model.thresholds

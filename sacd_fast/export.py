@@ -131,10 +131,8 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
         return path
     ov = require("openvino")
     path = path.with_suffix(".xml")
+    converted = openvino_model(data)
     with tempfile.TemporaryDirectory() as tmp:
-        source = os.path.join(tmp, "model.onnx")
-        Path(source).write_bytes(data)
-        converted = ov.convert_model(source)
         for key, value in metadata(model, thresholds, batch).items():
             converted.set_rt_info(value, key.split("."))
         staged = os.path.join(tmp, "model.xml")
@@ -144,6 +142,39 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
     atomic_write(path.with_suffix(".bin"), lambda f: f.write(weights))
     atomic_write(path, lambda f: f.write(text))
     return path
+
+
+def openvino_model(data: bytes):
+    """An exported ONNX model, converted to OpenVINO's in-memory model."""
+    ov = require("openvino")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "model.onnx")
+        Path(source).write_bytes(data)
+        return ov.convert_model(source)
+
+
+def onnxruntime_runner(model: str | bytes):
+    """An ONNX Runtime CPU session for an exported file (a path, or its bytes):
+    float32 images (B, 3, S, S) -> (scores, maps) as numpy arrays."""
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["scores", "maps"], {"image": x})
+
+
+def openvino_runner(model, precision: str = "f32"):
+    """An OpenVINO CPU inference request for a read or converted model, computing
+    in ``precision`` ("f32", or "bf16" on CPUs with native bf16): float32
+    images -> (scores, maps) as numpy arrays."""
+    ov = require("openvino")
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    scores, maps = compiled.output("scores"), compiled.output("maps")
+
+    def run(x):
+        out = request.infer({"image": x})
+        return out[scores], out[maps]
+
+    return run
 
 
 @dataclass
@@ -197,15 +228,13 @@ class Inferencer:
             self._run = lambda x: model.predict(torch.from_numpy(x).to(device))
             return
         if suffix == ".onnx":
-            ort = require("onnxruntime")
             onnx = require("onnx")
             try:
                 proto = onnx.load(str(self.path), load_external_data=False)
             except Exception as e:
                 raise ValueError(f"{self.path} is not an ONNX model ({type(e).__name__}: {e})") from e
             info = _info({p.key: p.value for p in proto.metadata_props}, self.path)
-            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            self._run = lambda x: session.run(["scores", "maps"], {"image": x})
+            self._run = onnxruntime_runner(str(self.path))
         elif suffix == ".xml":
             ov = require("openvino")
             core = ov.Core()
@@ -219,14 +248,7 @@ class Inferencer:
                            for k in ("format", "backbone", "image_size", "batch", "config", "thresholds")
                            if model.has_rt_info(["sacd_fast", k])}
             info = _info(entries, self.path)
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-            request = compiled.create_infer_request()
-
-            def run(x):
-                out = request.infer({"image": x})
-                return out[compiled.output("scores")], out[compiled.output("maps")]
-
-            self._run = run
+            self._run = openvino_runner(model, precision)
         else:
             raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
         self.image_size, self.batch, self.config = info.image_size, info.batch, info.config

@@ -13,20 +13,81 @@ are copied out of the graph's memory, so a later call cannot overwrite them. A
 batch smaller than one already compiled is padded up to it, so the last,
 partial batch of a dataset costs no new compilation.
 
-On a CPU nothing is changed: the eager fp32 reference ops run, so the fast
-model is never slower than eager there. On the 2-core development CPU
-(bench/test_bench_model.py, 128²), torch.compile's effect on the whole model
-varied from run to run: 0.5x to 1.3x for ResNet-18 at batch 1, and 1.4x to
-1.6x for Lite0. So it is not applied on a CPU.
+On a CPU the fast model picks, at its first ``predict``, the fastest of the
+backends that are installed and agree with the eager fp32 model on that
+first batch within their precision's bound (:data:`CPU_BOUNDS`): OpenVINO in
+bf16 (on CPUs with native bf16: AVX512-BF16 or AMX) or fp32, ONNX Runtime in
+fp32, eager PyTorch under bf16 autocast in channels_last (native bf16 only),
+and the eager fp32 model itself, which is always a candidate. Each candidate
+is run twice on that batch and the faster second run wins; ``cpu_report``
+records every candidate's time, error and verdict. OpenVINO and ONNX Runtime
+come with the ``deploy`` extra; the exported graph is the one
+:func:`sacd_fast.export` writes.
 """
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
 from torch import nn
 
 from . import kernels
 from .model import SACD, Prediction
+
+# The largest difference from the eager fp32 maps a CPU backend may show on the
+# first batch, per precision, as a fraction of max(1, the largest map value).
+# fp32 backends differ from eager only in summation order. bf16 rounds every
+# activation to 8 bits of mantissa; the worst seen on the development CPU
+# (WideResNet-50-2, ResNet-18 and Lite0 at 256², random students) was 0.041.
+CPU_BOUNDS = {"fp32": 1e-4, "bf16": 6e-2}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def _cpu_candidates(model: SACD) -> dict:
+    """name -> (precision, factory of a function images -> (scores, maps)), in the order tried."""
+    from .export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner  # noqa: PLC0415
+
+    exported = {}
+
+    def graph():
+        if "onnx" not in exported:
+            exported["onnx"] = onnx_bytes(model, batch=None)
+        return exported["onnx"]
+
+    def numpy_in(run):
+        return lambda x: run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
+
+    def bf16_eager():
+        cl = model.to(memory_format=torch.channels_last)
+
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = cl.predict(x.contiguous(memory_format=torch.channels_last))
+            return out.scores, out.maps
+        return run
+
+    def fp32_eager():
+        def run(x):
+            out = model.predict(x)
+            return out.scores, out.maps
+        return run
+
+    candidates = {}
+    if native_bf16():
+        candidates["openvino-bf16"] = ("bf16", lambda: numpy_in(openvino_runner(openvino_model(graph()), "bf16")))
+    candidates["openvino-fp32"] = ("fp32", lambda: numpy_in(openvino_runner(openvino_model(graph()), "f32")))
+    candidates["onnxruntime-fp32"] = ("fp32", lambda: numpy_in(onnxruntime_runner(graph())))
+    if native_bf16():
+        candidates["eager-bf16"] = ("bf16", bf16_eager)
+    candidates["eager-fp32"] = ("fp32", fp32_eager)
+    return candidates
 
 
 class FastSACD(nn.Module):
@@ -41,10 +102,13 @@ class FastSACD(nn.Module):
         self.config = model.config
         self.on_cuda = next(model.parameters()).device.type == "cuda"
         self.autocast_dtype = dtype if self.on_cuda and dtype != torch.float32 else None
+        self.autocast_precision = "fp32" if dtype == torch.float32 else "bf16"
         self.compiled = self.on_cuda and compile
         self.cuda_graphs = self.compiled and cuda_graphs
         self._run = self._maps_and_scores
         self._batch_sizes: set[int] = set()  # the batch sizes compiled so far
+        self.cpu_backend: str | None = None  # picked at the first CPU predict
+        self.cpu_report: dict[str, dict] = {}
         if self.on_cuda:
             model.to(memory_format=torch.channels_last)
         if self.compiled:
@@ -58,10 +122,41 @@ class FastSACD(nn.Module):
         maps = self.model.anomaly_maps(teacher, calibrated, x.shape[-2:])
         return maps, maps.flatten(1).amax(1)
 
+    def _pick_cpu_backend(self, x: torch.Tensor) -> None:
+        """Time every CPU candidate on ``x`` and keep the fastest that agrees with eager fp32."""
+        expected = self.model.predict(x)
+        bound_scale = max(1.0, float(expected.maps.abs().max()))
+        best = None
+        for name, (precision, build) in _cpu_candidates(self.model).items():
+            if self.autocast_precision == "fp32" and precision != "fp32":
+                continue
+            try:
+                run = build()
+                run(x)  # warm-up: first-call allocation and compilation
+                started = time.perf_counter()
+                scores, maps = run(x)
+                seconds = time.perf_counter() - started
+            except Exception as e:  # noqa: BLE001 -- an extra not installed, or a runtime refusing the graph
+                self.cpu_report[name] = {"precision": precision, "failed": f"{type(e).__name__}: {e}"}
+                continue
+            error = max(float((torch.as_tensor(maps).float() - expected.maps).abs().max()),
+                        float((torch.as_tensor(scores).float() - expected.scores).abs().max()))
+            within = error <= CPU_BOUNDS[precision] * bound_scale
+            self.cpu_report[name] = {"precision": precision, "seconds": seconds, "max_error": error,
+                                     "within_bound": within}
+            if within and (best is None or seconds < best[1]):
+                best = (name, seconds, run)
+        self.cpu_backend, _, self._run = best
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
         """Anomaly maps and scores for an ImageNet-normalised batch (B, 3, H, W)."""
         x = self.model.check_input(x)
+        if not self.on_cuda:
+            if self.cpu_backend is None:
+                self._pick_cpu_backend(x)
+            scores, maps = self._run(x)
+            return Prediction(scores=torch.as_tensor(scores).float(), maps=torch.as_tensor(maps).float())
         batch = x.shape[0]
         if self.compiled:
             # One graph per batch size. A batch smaller than one already compiled
@@ -86,7 +181,8 @@ def fast(model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
 
     Args:
         model: a trained :class:`SACD`, on the device it should run on.
-        dtype: autocast dtype on CUDA (bfloat16, float16, or float32 for none).
+        dtype: autocast dtype on CUDA (bfloat16, float16, or float32 for none); on a
+            CPU, float32 keeps the choice to the fp32 backends.
         compile: torch.compile the whole inference on CUDA.
         cuda_graphs: capture one CUDA graph per batch size (needs ``compile``).
     """

@@ -6,25 +6,40 @@ from conftest import random_teacher_model, requires_cuda
 
 import sacd_fast
 from sacd_fast import SACD
+from sacd_fast.fast import CPU_BOUNDS
 from sacd_fast.train import TrainSettings, fit
 
 
-def test_fast_model_on_cpu_keeps_predictions_and_api(tmp_path):
+def test_fast_model_on_cpu_picks_a_proven_backend_and_keeps_the_api(tmp_path):
+    """On a CPU the fast model times every installed backend on its first batch
+    and keeps the fastest one that agrees with eager fp32 within its bound;
+    later batches, of other sizes too, go through that backend."""
     model = random_teacher_model("resnet18", 64)
     fit(model, torch.rand(4, 3, 64, 64), TrainSettings(epochs=1, batch_size=2), checkpoint=tmp_path / "m.pt",
         progress=False)
+    model.eval()
     x = torch.randn(3, 3, 64, 64)
     expected = model.predict(x)
-    fast = sacd_fast.fast(model)
-    out = fast.predict(x)
-    assert fast.config == model.config
-    torch.testing.assert_close(out.maps, expected.maps, rtol=0, atol=0)
-    torch.testing.assert_close(out.scores, expected.scores, rtol=0, atol=0)
+    for dtype in (torch.bfloat16, torch.float32):
+        fast = sacd_fast.fast(SACD.from_checkpoint(tmp_path / "m.pt"), dtype=dtype)
+        out = fast.predict(x)
+        assert fast.config == model.config
+        report = fast.cpu_report
+        assert report["eager-fp32"]["within_bound"] and fast.cpu_backend in report
+        chosen = report[fast.cpu_backend]
+        assert chosen["within_bound"] and chosen["seconds"] == min(
+            r["seconds"] for r in report.values() if r.get("within_bound"))
+        if dtype == torch.float32:
+            assert all(r["precision"] == "fp32" for r in report.values())
+        bound = CPU_BOUNDS[chosen["precision"]] * max(1.0, float(expected.maps.abs().max()))
+        assert float((out.maps - expected.maps).abs().max()) <= bound
+        later = fast.predict(x[:1])
+        assert later.maps.shape == (1, 64, 64) and float((later.maps - expected.maps[:1]).abs().max()) <= bound
+    assert {"onnxruntime-fp32", "openvino-fp32"} <= set(report)  # the deploy extra is installed in CI
     loaded = SACD.from_checkpoint(tmp_path / "m.pt", fast=True)
     assert isinstance(loaded, sacd_fast.FastSACD)
-    torch.testing.assert_close(loaded.predict(x).maps, expected.maps, rtol=0, atol=0)
     with pytest.raises(ValueError, match="multiples of 32"):
-        fast.predict(torch.randn(1, 3, 60, 64))
+        loaded.predict(torch.randn(1, 3, 60, 64))
     with pytest.raises(ValueError, match="dtype"):
         sacd_fast.fast(model, dtype=torch.int8)
 
@@ -34,7 +49,7 @@ def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():
     are padded up to one. Checked here with the graph replaced by the eager function."""
     model = random_teacher_model("resnet18", 64).eval()
     fast = sacd_fast.fast(model)
-    fast.compiled = True
+    fast.on_cuda = fast.compiled = True  # the CUDA path's batching, run on the CPU
     sizes = []
     fast._run = lambda x: sizes.append(x.shape[0]) or fast._maps_and_scores(x)
     for batch in (4, 2, 4, 6, 3, 5):
