@@ -142,3 +142,10 @@ def test_cli_export_then_predict_with_the_exported_file(tmp_path, capsys):
     rows = [json.loads((tmp_path / out / "scores.json").read_text())["images"] for out in "ab"]
     assert [r["anomalous"] for r in rows[0]] == [r["anomalous"] for r in rows[1]]
     assert np.allclose([r["score"] for r in rows[0]], [r["score"] for r in rows[1]], atol=FP32_ATOL)
+    reports = []
+    for checkpoint, out in ((tmp_path / "run" / "model.pt", "ea"), (tmp_path / "x" / "model.onnx", "eb")):
+        assert main(["eval", "--checkpoint", str(checkpoint), *common, "--out", str(tmp_path / out)]) == 0
+        reports.append(json.loads((tmp_path / out / "metrics.json").read_text()))
+    assert reports[0]["image_auroc"] == reports[1]["image_auroc"]
+    assert reports[0]["at_threshold"] == reports[1]["at_threshold"]
+    assert abs(reports[0]["pixel_auroc"] - reports[1]["pixel_auroc"]) <= 1e-4
