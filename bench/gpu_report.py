@@ -1,4 +1,4 @@
-"""One script for a lent GPU: CUDA parity tests, then the benchmark table.
+"""One script for a GPU machine with a time limit: CUDA parity tests, then the benchmark table.
 
     python bench/gpu_report.py [OUTPUT_DIR] [--budget SECONDS] [--steps a,b,...]
 
@@ -83,7 +83,7 @@ def main() -> int:
         parser.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_file = Path(tempfile.mkdtemp()) / "rows.jsonl"  # outside OUT: a lent GPU returns at most 8 files
+    rows_file = Path(tempfile.mkdtemp()) / "rows.jsonl"  # outside OUT: keeps OUT to the few files a report needs
     (out / "steps.log").unlink(missing_ok=True)
     env = {**os.environ, "SACD_BENCH_ROWS": str(rows_file)}
     report = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -46,7 +46,7 @@ def test_noise(timed, provider):
 
 @pytest.mark.parametrize("provider", ["reference", "fast"])
 def test_synthesize(timed, provider):
-    """A whole batch corrupted, masks included: the issue's target is under
+    """A whole batch corrupted, masks included: the target is under
     0.1 ms for 16 images at 256² on an H200. reference: the PyTorch ops."""
     size = 256 if ON_GPU else 128
     x01 = torch.rand(BATCH, 3, size, size, device=DEVICE)

@@ -2,7 +2,7 @@
 
 Both the autotuned kernels and :func:`pick_faster` time with short budgets
 (5 ms of warm-up, 20 ms of repetitions): the first call of a shape pays for
-the tuning, and the CUDA test and benchmark runs of a lent GPU are short.
+the tuning, which keeps short CUDA test and benchmark runs short.
 """
 
 from __future__ import annotations
