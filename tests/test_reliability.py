@@ -740,7 +740,8 @@ def test_read_only_output_folder_is_refused_at_once(world, tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_refused_at_once(world, tmp_path):
     out = tmp_path / "run"
-    first = cli_process(train_args(world.data, out, "--epochs", "3"), slow_write=0.5)
+    # The first run pauses inside its first checkpoint write, holding the folder, until it is killed.
+    first = cli_process(train_args(world.data, out, "--epochs", "3"), slow_write=120)
     wait_for(first, "WRITING model.pt")
     second = run_cli(train_args(world.data, out, "--epochs", "3", "--seed", "7"))
     assert second.returncode == 1 and f"{out} is in use by sacd-fast train (pid {first.pid})" in second.stderr
