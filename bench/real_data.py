@@ -75,56 +75,58 @@ def split_normals(items: list, test_share: float, seed: int) -> tuple[list, list
     return items[held:], items[:held]
 
 
-def kolektor(snapshot: Snapshot, out: Path, seed: int) -> None:
-    folder, normals, seen = out / "kolektor", [], set()
-    for name in snapshot.names("data"):
-        if not name.endswith(".jpg") or name.startswith("data/kos13/kos08/"):  # kos13/kos08 repeats kos08
-            continue
+def distinct(snapshot: Snapshot, names):
+    """(name, bytes) of each file in ``names`` whose bytes were not seen before."""
+    seen = set()
+    for name in names:
         data = snapshot.read(name)
         digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            continue
-        seen.add(digest)
-        image = Image.open(io.BytesIO(data)).convert("L")
-        mask = binary(snapshot.image(name[: -len(".jpg")] + "_label.bmp"))
-        stem = name.split("/")[1] + "_" + Path(name).stem
-        if mask.any():
-            save(image, folder / "test" / "crack" / f"{stem}.png")
-            save((mask * 255).astype(np.uint8), folder / "ground_truth" / "crack" / f"{stem}_mask.png")
-        else:
-            normals.append((stem, image))
-    train, test = split_normals([s for s, _ in normals], 0.25, seed)
+        if digest not in seen:
+            seen.add(digest)
+            yield name, data
+
+
+def save_defect(folder: Path, defect: str, stem: str, image, mask: np.ndarray) -> None:
+    save(image, folder / "test" / defect / f"{stem}.png")
+    save((mask * 255).astype(np.uint8), folder / "ground_truth" / defect / f"{stem}_mask.png")
+
+
+def save_normals(folder: Path, normals: list[tuple[str, Image.Image]], test_share: float, seed: int) -> None:
+    train, test = split_normals([s for s, _ in normals], test_share, seed)
     images = dict(normals)
     for split, stems in (("train", train), ("test", test)):
         for stem in stems:
             save(images[stem], folder / split / "good" / f"{stem}.png")
 
 
+def kolektor(snapshot: Snapshot, out: Path, seed: int) -> None:
+    folder, normals = out / "kolektor", []
+    names = [n for n in snapshot.names("data")
+             if n.endswith(".jpg") and not n.startswith("data/kos13/kos08/")]  # kos13/kos08 repeats kos08
+    for name, data in distinct(snapshot, names):
+        image = Image.open(io.BytesIO(data)).convert("L")
+        mask = binary(snapshot.image(name[: -len(".jpg")] + "_label.bmp"))
+        stem = name.split("/")[1] + "_" + Path(name).stem
+        if mask.any():
+            save_defect(folder, "crack", stem, image, mask)
+        else:
+            normals.append((stem, image))
+    save_normals(folder, normals, 0.25, seed)
+
+
 def mpdd(snapshot: Snapshot, out: Path, seed: int) -> None:
-    folder, normals, seen = out / "metal_plate", [], set()
+    folder, normals = out / "metal_plate", []
     names = snapshot.names("data_supervised/metal_plate")
-    for name in names:
-        if "/images/" not in name:
-            continue
-        data = snapshot.read(name)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            continue
-        seen.add(digest)
+    for name, data in distinct(snapshot, [n for n in names if "/images/" in n]):
         stem = name.split("/")[2] + "_" + Path(name).stem
         image = Image.open(io.BytesIO(data)).convert("RGB")
         mask_name = name.replace("/images/", "/masks/")
         mask = binary(snapshot.image(mask_name)) if mask_name in names else None
         if mask is not None and mask.any():
-            save(image, folder / "test" / "defect" / f"{stem}.png")
-            save((mask * 255).astype(np.uint8), folder / "ground_truth" / "defect" / f"{stem}_mask.png")
+            save_defect(folder, "defect", stem, image, mask)
         elif mask is not None:
             normals.append((stem, image))
-    train, test = split_normals([s for s, _ in normals], 0.4, seed)
-    images = dict(normals)
-    for split, stems in (("train", train), ("test", test)):
-        for stem in stems:
-            save(images[stem], folder / split / "good" / f"{stem}.png")
+    save_normals(folder, normals, 0.4, seed)
 
 
 def aitex(snapshot: Snapshot, out: Path, seed: int, fabrics: list[str], tile: int = 256) -> None:
@@ -149,9 +151,7 @@ def aitex(snapshot: Snapshot, out: Path, seed: int, fabrics: list[str], tile: in
                 continue  # a mask of another size, or an empty one, says nothing usable
             for x in range(0, image.shape[1] - tile + 1, tile):
                 if mask[:, x:x + tile].any():  # tiles without the defect are not test normals: they border it
-                    save(image[:, x:x + tile], folder / "test" / "defect" / f"{stem}_{x // tile:02d}.png")
-                    save((mask[:, x:x + tile] * 255).astype(np.uint8),
-                         folder / "ground_truth" / "defect" / f"{stem}_{x // tile:02d}_mask.png")
+                    save_defect(folder, "defect", f"{stem}_{x // tile:02d}", image[:, x:x + tile], mask[:, x:x + tile])
 
 
 def main() -> None:
