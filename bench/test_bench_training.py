@@ -5,7 +5,9 @@ image decoded from disk each epoch, the model in NCHW, every 'same'
 convolution of Lite0 padding a copy of its input, the teacher run on the
 normal and the synthetic batch. ``fast`` is what ``fit`` does now: decoded
 images kept in memory, channels_last, and the normal images' teacher features
-computed once and reused (one teacher pass per step). Both run on the same
+computed once and reused (one teacher pass per step). ``fast_bf16`` adds
+bf16 autocast (``fit(fast=True)``: on CUDA, or on a CPU with native bf16).
+All run on the same
 images, warmed up by an epoch, side by side in one run. CPU: Lite0 and
 ResNet-18 at 256², batch 8; GPU: WideResNet-50-2 at 256², batch 16."""
 
@@ -19,6 +21,7 @@ from conftest import DEVICE, ON_GPU
 from torch.utils.data import DataLoader
 
 from sacd_fast import SACD
+from sacd_fast.cpu import native_bf16
 from sacd_fast.data import AnomalyDataset
 from sacd_fast.synthdata import write_dataset
 from sacd_fast.teacher import Conv2dSame
@@ -45,15 +48,18 @@ def padded_forward(self, x):
     return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-@pytest.mark.parametrize("provider", ["reference", "fast"])
+@pytest.mark.parametrize("provider", ["reference", "fast", "fast_bf16"])
 @pytest.mark.parametrize("backbone", CASES)
 def test_training_epoch(timed, product, provider, backbone, monkeypatch):
+    if provider == "fast_bf16" and not (ON_GPU or native_bf16()):
+        pytest.skip("this CPU has no native bf16")
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = SACD(backbone, teacher_weights=None, image_size=256).to(DEVICE).train()
     optimizer = build_optimizer(model, TrainSettings())
-    fast = provider == "fast"
+    fast = provider != "reference"
+    autocast_dtype = torch.bfloat16 if provider == "fast_bf16" else None
     if not fast:
         monkeypatch.setattr(Conv2dSame, "forward", padded_forward)
         for module in model.teacher.modules():
@@ -71,7 +77,8 @@ def test_training_epoch(timed, product, provider, backbone, monkeypatch):
             x01 = batch["image"].to(DEVICE)
             if fast:
                 x01 = x01.contiguous(memory_format=torch.channels_last)
-                train_step(model, optimizer, x01, seeds, teacher=lambda x, indices=indices: cache(x, indices))
+                train_step(model, optimizer, x01, seeds, autocast_dtype,
+                           teacher=lambda x, indices=indices: cache(x, indices))
             else:
                 train_step(model, optimizer, x01, seeds)
 

@@ -27,6 +27,7 @@ from .files import exclusive_folder, write_text
 from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
 from .export import Inferencer, export
 from .inference import at_threshold, calibrate, evaluate_predictions, load_for_inference, predict_dataset
+from .cpu import native_bf16
 from .fast import CPU_BOUNDS
 from .model import SACD
 from .teacher import TEACHER_INPUTS
@@ -127,8 +128,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     device = resolve_device(device)
     if fast and device.type != "cuda":
-        say("--fast changes nothing when training on a CPU: bf16 autocast, channels_last and the Triton kernels "
-            "are for CUDA")
+        say("--fast on this CPU: training under bf16 autocast" if native_bf16() else
+            "--fast changes nothing when training on this CPU: it has no native bf16")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         device = start_distributed(device)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .cpu import native_bf16
 from .model import SACD, Prediction
 
 # The largest difference from the eager fp32 maps a CPU backend may show on the
@@ -42,12 +43,6 @@ from .model import SACD, Prediction
 # activation to 8 bits of mantissa; the worst seen on the development CPU
 # (WideResNet-50-2, ResNet-18 and Lite0 at 256², random students) was 0.041.
 CPU_BOUNDS = {"fp32": 1e-4, "bf16": 6e-2}
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(probe and probe())
 
 
 def _cpu_candidates(model: SACD) -> dict:

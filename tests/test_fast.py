@@ -1,11 +1,14 @@
 """The drop-in fast model and the fast training path."""
 
+import math
+
 import pytest
 import torch
 from conftest import random_teacher_model, requires_cuda
 
 import sacd_fast
 from sacd_fast import SACD
+from sacd_fast.cpu import native_bf16
 from sacd_fast.fast import CPU_BOUNDS
 from sacd_fast.train import TrainSettings, fit
 
@@ -62,14 +65,21 @@ def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():
     assert sizes == [4, 4, 4, 6, 4, 6]
 
 
-def test_fast_training_flag_on_cpu_changes_nothing():
+def test_fast_training_flag_on_cpu_trains_in_bf16_where_the_cpu_has_it():
+    """--fast on a CPU: bf16 autocast where bf16 is native (a different, finite
+    run), and the fp32 run unchanged where it is not."""
     data = torch.rand(4, 3, 64, 64)
     histories = []
     for fast in (False, True):
         torch.manual_seed(5)
         model = random_teacher_model("resnet18", 64)
-        histories.append(fit(model, data, TrainSettings(epochs=1, batch_size=2), progress=False, fast=fast))
-    assert histories[0] == histories[1]
+        histories.append(fit(model, data, TrainSettings(epochs=2, batch_size=2), progress=False, fast=fast))
+    if native_bf16():
+        assert histories[0] != histories[1]
+        assert all(math.isfinite(h["total"]) for h in histories[1])
+        assert abs(histories[1][-1]["total"] - histories[0][-1]["total"]) <= 0.1 * histories[0][-1]["total"]
+    else:
+        assert histories[0] == histories[1]
 
 
 @requires_cuda
