@@ -74,14 +74,14 @@ def _cpu_candidates(model: SACD) -> dict:
             return out.scores, out.maps
         return run
 
-    candidates = {}
+    # eager fp32 first, on the model as given: it reproduces the reference exactly, so one candidate always passes
+    candidates = {"eager-fp32": ("fp32", fp32_eager)}
     if native_bf16():
         candidates["openvino-bf16"] = ("bf16", lambda: numpy_in(openvino_runner(openvino_model(graph()), "bf16")))
     candidates["openvino-fp32"] = ("fp32", lambda: numpy_in(openvino_runner(openvino_model(graph()), "f32")))
     candidates["onnxruntime-fp32"] = ("fp32", lambda: numpy_in(onnxruntime_runner(graph())))
     if native_bf16():
-        candidates["eager-bf16"] = ("bf16", bf16_eager)
-    candidates["eager-fp32"] = ("fp32", fp32_eager)
+        candidates["eager-bf16"] = ("bf16", bf16_eager)  # the last: it turns the model channels_last
     return candidates
 
 
@@ -142,6 +142,8 @@ class FastSACD(nn.Module):
             if within and (best is None or seconds < best[1]):
                 best = (name, seconds, run)
         self.cpu_backend, _, self._run = best
+        if self.cpu_backend != "eager-bf16":
+            self.model.to(memory_format=torch.contiguous_format)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Prediction:
