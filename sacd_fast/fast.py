@@ -49,12 +49,17 @@ def _cpu_candidates(model: SACD) -> dict:
     """name -> (precision, factory of a function images -> (scores, maps)), in the order tried."""
     from .export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner  # noqa: PLC0415
 
-    exported = {}
+    exported = {}  # the ONNX graph and its OpenVINO conversion, each made once, when first needed
 
     def graph():
         if "onnx" not in exported:
             exported["onnx"] = onnx_bytes(model, batch=None)
         return exported["onnx"]
+
+    def openvino(precision):
+        if "openvino" not in exported:
+            exported["openvino"] = openvino_model(graph())
+        return numpy_in(openvino_runner(exported["openvino"], precision))
 
     def numpy_in(run):
         return lambda x: run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
@@ -77,8 +82,8 @@ def _cpu_candidates(model: SACD) -> dict:
     # eager fp32 first, on the model as given: it reproduces the reference exactly, so one candidate always passes
     candidates = {"eager-fp32": ("fp32", fp32_eager)}
     if native_bf16():
-        candidates["openvino-bf16"] = ("bf16", lambda: numpy_in(openvino_runner(openvino_model(graph()), "bf16")))
-    candidates["openvino-fp32"] = ("fp32", lambda: numpy_in(openvino_runner(openvino_model(graph()), "f32")))
+        candidates["openvino-bf16"] = ("bf16", lambda: openvino("bf16"))
+    candidates["openvino-fp32"] = ("fp32", lambda: openvino("f32"))
     candidates["onnxruntime-fp32"] = ("fp32", lambda: numpy_in(onnxruntime_runner(graph())))
     if native_bf16():
         candidates["eager-bf16"] = ("bf16", bf16_eager)  # the last: it turns the model channels_last
