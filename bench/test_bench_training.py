@@ -3,7 +3,9 @@
 ``reference`` is the training epoch as it was before these changes: every
 image decoded from disk each epoch, the model in NCHW, every 'same'
 convolution of Lite0 padding a copy of its input, the teacher run on the
-normal and the synthetic batch. ``fast`` is what ``fit`` does now: decoded
+normal and the synthetic batch, and the CPU synthesis evaluating the noise
+on every patch's whole bounding grid with permutation tables built in 256
+rounds of tensor ops. ``fast`` is what ``fit`` does now: decoded
 images kept in memory, channels_last, and the normal images' teacher features
 computed once and reused (one teacher pass per step). ``fast_bf16`` adds
 bf16 autocast (``fit(fast=True)``: on CUDA, or on a CPU with native bf16).
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 from sacd_fast import SACD
 from sacd_fast.cpu import native_bf16
 from sacd_fast.data import AnomalyDataset
+from sacd_fast.kernels import reference
 from sacd_fast.synthdata import write_dataset
 from sacd_fast.teacher import Conv2dSame
 from sacd_fast.train import TeacherCache, TrainSettings, build_optimizer, epoch_batches, train_step
@@ -48,6 +51,37 @@ def padded_forward(self, x):
     return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
+def permutations_as_they_were(seeds):
+    """opensimplex's tables built as they were: 256 rounds of batched tensor ops."""
+    state = seeds.to(torch.int64).reshape(-1).clone()
+    rows = torch.arange(state.numel())
+    source = torch.arange(256).repeat(state.numel(), 1)
+    perm = torch.empty_like(source)
+    for _ in range(3):
+        state = reference.lcg_step(state)
+    for i in range(255, -1, -1):
+        state = reference.lcg_step(state)
+        r = (torch.remainder(state, i + 1) + 31) % (i + 1)
+        perm[:, i] = source[rows, r]
+        source[rows, r] = source[:, i].clone()
+    return perm, (perm % len(reference.GRADIENTS_3D)) * 3
+
+
+def synthesis_as_it_was(x01, seeds, strength, bounds_h, bounds_w):
+    """The CPU synthesis as it was: the noise on the (B, C, high_h, high_w) grid, then gathered into place."""
+    b, c, height, width = x01.shape
+    top, left, h, w = reference.patch_geometry(seeds, height, width, bounds_h, bounds_w).unbind(1)
+    noise = reference.simplex_noise3d((b, c, bounds_h[1], bounds_w[1]), seeds)
+    rows = torch.arange(height).view(1, height) - top.view(b, 1)
+    cols = torch.arange(width).view(1, width) - left.view(b, 1)
+    masks = (((rows >= 0) & (rows < h.view(b, 1)))[:, :, None] & ((cols >= 0) & (cols < w.view(b, 1)))[:, None, :])
+    masks = masks.unsqueeze(1)
+    placed = noise[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+                   rows.clamp(0, noise.shape[2] - 1).view(b, 1, height, 1),
+                   cols.clamp(0, noise.shape[3] - 1).view(b, 1, 1, width)]
+    return x01 + strength * placed.to(x01.dtype) * masks, masks.to(x01.dtype)
+
+
 @pytest.mark.parametrize("provider", ["reference", "fast", "fast_bf16"])
 @pytest.mark.parametrize("backbone", CASES)
 def test_training_epoch(timed, product, provider, backbone, monkeypatch):
@@ -62,6 +96,9 @@ def test_training_epoch(timed, product, provider, backbone, monkeypatch):
     autocast_dtype = torch.bfloat16 if provider == "fast_bf16" else None
     if not fast:
         monkeypatch.setattr(Conv2dSame, "forward", padded_forward)
+        if not ON_GPU:
+            monkeypatch.setattr(reference, "simplex_permutations", permutations_as_they_were)
+            monkeypatch.setattr(reference, "synthesize_patches", synthesis_as_it_was)
         for module in model.teacher.modules():
             if isinstance(module, Conv2dSame):
                 module.padding = (0, 0)

@@ -135,27 +135,30 @@ GRADIENTS_3D = (
 )  # fmt: skip
 
 
-def lcg_step(state: torch.Tensor) -> torch.Tensor:
-    """One step of the 64-bit LCG opensimplex seeds with (int64, wrapping)."""
-    return state * LCG_MULTIPLIER + LCG_INCREMENT
+def lcg_step(state):
+    """One step of the 64-bit LCG opensimplex seeds with (int64, wrapping), on
+    an int64 tensor or a Python integer."""
+    if isinstance(state, torch.Tensor):
+        return state * LCG_MULTIPLIER + LCG_INCREMENT
+    return (state * LCG_MULTIPLIER + LCG_INCREMENT + 2**63) % 2**64 - 2**63
 
 
 def simplex_permutations(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """opensimplex's seeded tables, batched: ``perm`` and ``perm_grad_index3``,
-    both int64 (B, 256), built on ``seeds.device``."""
-    state = seeds.to(torch.int64).reshape(-1).clone()
-    batch = state.numel()
-    rows = torch.arange(batch, device=state.device)
-    source = torch.arange(256, device=state.device).repeat(batch, 1)
-    perm = torch.empty_like(source)
-    for _ in range(3):
-        state = lcg_step(state)
-    for i in range(255, -1, -1):
-        state = lcg_step(state)
-        # (state + 31) mod (i + 1) without the int64 overflow of state + 31.
-        r = (torch.remainder(state, i + 1) + 31) % (i + 1)
-        perm[:, i] = source[rows, r]
-        source[rows, r] = source[:, i].clone()
+    both int64 (B, 256) on ``seeds.device``. Built in Python integers (256
+    dependent steps per seed: cheaper than 256 rounds of tiny tensor ops)."""
+    rows = []
+    for state in seeds.reshape(-1).tolist():
+        for _ in range(3):
+            state = lcg_step(state)
+        source, perm = list(range(256)), [0] * 256
+        for i in range(255, -1, -1):
+            state = lcg_step(state)
+            r = (state % (i + 1) + 31) % (i + 1)  # Python's % is torch.remainder's floor modulo
+            perm[i] = source[r]
+            source[r] = source[i]
+        rows.append(perm)
+    perm = torch.tensor(rows, dtype=torch.int64, device=seeds.device).view(-1, 256)
     return perm, (perm % len(GRADIENTS_3D)) * 3
 
 
@@ -304,14 +307,17 @@ def simplex_noise3d(
         seeds: int64 (B,), any int64 value (negative and > 2**32 included).
     """
     b, c, h, w = (int(n) for n in shape)
-    device = seeds.device
+    batch, zc, yc, xc = (i.reshape(-1) for i in torch.meshgrid(
+        *(torch.arange(n, device=seeds.device) for n in (b, c, h, w)), indexing="ij"))
+    return _fractal_noise(seeds, batch, zc, yc, xc, octaves, persistence, frequency).view(b, c, h, w)
+
+
+def _fractal_noise(seeds, batch, zc, yc, xc, octaves=6, persistence=0.6, frequency=32.0) -> torch.Tensor:
+    """:func:`simplex_noise3d` at the integer points (zc, yc, xc) of the images ``batch``
+    (four int64 vectors), float32: only the points needed are evaluated."""
     perm, grad_index = (t.reshape(-1) for t in simplex_permutations(seeds))
-    f64 = torch.float64
-    batch = torch.arange(b, device=device).view(b, 1, 1, 1).expand(b, c, h, w)
-    zc = torch.arange(c, device=device, dtype=f64).view(1, c, 1, 1).expand(b, c, h, w)
-    yc = torch.arange(h, device=device, dtype=f64).view(1, 1, h, 1).expand(b, c, h, w)
-    xc = torch.arange(w, device=device, dtype=f64).view(1, 1, 1, w).expand(b, c, h, w)
-    total = torch.zeros((b, c, h, w), dtype=f64, device=device)
+    zc, yc, xc = (v.to(torch.float64) for v in (zc, yc, xc))
+    total = torch.zeros_like(xc)
     for o in range(octaves):
         scale = 2.0**o / frequency
         total += persistence**o * _noise3(xc * scale, yc * scale, zc * scale, batch, perm, grad_index)
@@ -344,17 +350,20 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, 
     inside each image's patch (:func:`patch_geometry`). Returns the batch and
     float masks (B, 1, H, W)."""
     b, c, height, width = x01.shape
-    top, left, h, w = patch_geometry(seeds, height, width, bounds_h, bounds_w).unbind(1)
-    noise = simplex_noise3d((b, c, bounds_h[1], bounds_w[1]), seeds)
+    geometry = patch_geometry(seeds, height, width, bounds_h, bounds_w)
+    top, left, h, w = geometry.unbind(1)
     rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
     cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
     inside_rows = (rows >= 0) & (rows < h.view(b, 1))
     inside_cols = (cols >= 0) & (cols < w.view(b, 1))
     masks = (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)  # (B, 1, H, W)
-    rows = rows.clamp(0, noise.shape[2] - 1)
-    cols = cols.clamp(0, noise.shape[3] - 1)
-    placed = noise[torch.arange(b, device=x01.device).view(b, 1, 1, 1),
-                   torch.arange(c, device=x01.device).view(1, c, 1, 1),
-                   rows.view(b, 1, height, 1), cols.view(b, 1, 1, width)]
-    x_synth = x01 + strength * placed.to(x01.dtype) * masks
+    # The noise only at the patches' points (patch-local coordinates), then added in place.
+    local_y = torch.arange(bounds_h[1] - 1, device=x01.device).view(1, 1, -1, 1)
+    local_x = torch.arange(bounds_w[1] - 1, device=x01.device).view(1, 1, 1, -1)
+    inside = ((local_y < h.view(b, 1, 1, 1)) & (local_x < w.view(b, 1, 1, 1))).expand(b, c, -1, -1)
+    batch, channel, y, x = inside.nonzero().unbind(1)
+    noise = _fractal_noise(seeds, batch, channel, y, x)
+    index = (batch, channel, top[batch] + y, left[batch] + x)
+    x_synth = x01.clone()
+    x_synth[index] = x01[index] + strength * noise.to(x01.dtype)
     return x_synth, masks.to(x01.dtype)
