@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from sacd_fast import commands
-from sacd_fast.data import AnomalyDataset
-from sacd_fast.kernels.reference import gaussian_blur
-from sacd_fast.metrics import evaluate
-from sacd_fast.model import SACD, normalize
-from sacd_fast.teacher import TEACHER_INPUTS
+from sacd_fast.data.datasets import AnomalyDataset
+from sacd_fast.evaluation.metrics import evaluate
+from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
+from sacd_fast.network.model import SACD, normalize
+from sacd_fast.network.teacher import TEACHER_INPUTS
 
 BANK_LIMIT = 65536
 

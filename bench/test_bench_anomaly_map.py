@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import DEVICE, ON_GPU
 
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.anomaly_map import reference
 
 SHAPES = {"wide_resnet50_2": [(256, 64, 64), (512, 32, 32), (1024, 16, 16)],
           "efficientnet_lite0": [(24, 64, 64), (40, 32, 32), (112, 16, 16)]}
@@ -23,7 +23,7 @@ def provider_fn(provider):
         return torch.compile(reference.cosine_anomaly_map)
     if not ON_GPU:
         pytest.skip("the Triton kernels need a GPU (the interpreter is not a speed path)")
-    from sacd_fast.kernels.anomaly_map import cosine_anomaly_map_triton
+    from sacd_fast.kernels.anomaly_map.triton import cosine_anomaly_map_triton
 
     return cosine_anomaly_map_triton
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import DEVICE, ON_GPU
 
-from sacd_fast.feacali import FeaCali
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.feacali import reference
+from sacd_fast.network.feacali import FeaCali
 
 SCALES = [(256, 64), (512, 32), (1024, 16)] if ON_GPU else [(64, 16), (128, 8), (256, 4)]
 BATCHES = [1, 32] if ON_GPU else [1, 4]
@@ -24,7 +24,7 @@ def eager_stack(modules, features):
 
 
 def fused_stack(modules, features):
-    from sacd_fast.kernels.feacali import conv_in_lrelu_stack_triton, conv_in_lrelu_train
+    from sacd_fast.kernels.feacali.triton import conv_in_lrelu_stack_triton, conv_in_lrelu_train
 
     if not torch.is_grad_enabled():
         return [conv_in_lrelu_stack_triton(x, [c.weight for c in m.convs]) for m, x in zip(modules, features)]

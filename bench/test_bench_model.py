@@ -108,7 +108,7 @@ DEPLOYED = [] if ON_GPU else [("wide_resnet50_2", 256, 1), ("wide_resnet50_2", 2
 def exported_predict(model, runtime):
     """The exported pipeline (fp32, any batch) in ONNX Runtime or OpenVINO."""
     pytest.importorskip(runtime)
-    from sacd_fast.export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner
+    from sacd_fast.deploy.export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner
 
     data = onnx_bytes(model, batch=None)
     run = onnxruntime_runner(data) if runtime == "onnxruntime" else openvino_runner(openvino_model(data), "f32")

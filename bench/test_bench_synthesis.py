@@ -11,9 +11,9 @@ import torch
 from conftest import DEVICE, ON_GPU
 
 from sacd_fast import SACD, normalize, synthesize
-from sacd_fast.synthesis import patch_bounds
-from sacd_fast.kernels import reference
-from sacd_fast.train import TrainSettings, build_optimizer
+from sacd_fast.data.synthesis import patch_bounds
+from sacd_fast.kernels.simplex import reference
+from sacd_fast.training.train import TrainSettings, build_optimizer
 
 PATCH = (3, 31, 31)  # one training image's noise patch at 256²
 BATCH = 16
@@ -38,7 +38,7 @@ def test_noise(timed, provider):
     if provider == "fast":
         if not ON_GPU:
             pytest.skip("the Triton kernels need a GPU")
-        from sacd_fast.kernels.simplex import simplex_noise3d_triton as noise_fn
+        from sacd_fast.kernels.simplex.triton import simplex_noise3d_triton as noise_fn
     else:
         noise_fn = reference.simplex_noise3d
     timed(lambda: noise_fn((BATCH, *PATCH), seeds), items=BATCH * int(np.prod(PATCH)))
@@ -54,7 +54,7 @@ def test_synthesize(timed, provider):
     if provider == "fast":
         if not ON_GPU:
             pytest.skip("the Triton kernels need a GPU")
-        from sacd_fast.kernels.simplex import synthesize_triton as fn
+        from sacd_fast.kernels.simplex.triton import synthesize_triton as fn
     else:
         fn = reference.synthesize_patches
     bounds = patch_bounds(size)

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader
 
 from sacd_fast import SACD
 from sacd_fast.cpu import native_bf16
-from sacd_fast.data import AnomalyDataset
-from sacd_fast.kernels import reference
-from sacd_fast.synthdata import write_dataset
-from sacd_fast.teacher import Conv2dSame
-from sacd_fast.train import TeacherCache, TrainSettings, build_optimizer, epoch_batches, train_step
+from sacd_fast.data.datasets import AnomalyDataset
+from sacd_fast.data.synthdata import write_dataset
+from sacd_fast.kernels.simplex import reference
+from sacd_fast.network.teacher import Conv2dSame
+from sacd_fast.training.train import TeacherCache, TrainSettings, build_optimizer, epoch_batches, train_step
 
 CASES = ["wide_resnet50_2"] if ON_GPU else ["efficientnet_lite0", "resnet18"]
 BATCH = 16 if ON_GPU else 8

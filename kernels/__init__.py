@@ -1,8 +1,11 @@
 """Compute kernels of sacd_fast (installed as ``sacd_fast.kernels``).
 
-The public functions below are what the model calls. Their meaning is fixed by
-the pure-PyTorch references in :mod:`sacd_fast.kernels.reference`; the Triton
-kernels behind them must reproduce it.
+The public functions below are what the model calls. Each op has its folder,
+its pure-PyTorch reference beside its Triton kernels
+(``anomaly_map/``, ``feacali/``, ``simplex/``, each with ``reference.py`` and
+``triton.py``); the reference fixes the meaning, the kernels must reproduce it.
+Launch helpers (layouts, grids, block sizes, the interpreter's tiles, timing)
+live in :mod:`.launch`.
 
 Every public function first checks its arguments
 (:mod:`sacd_fast.kernels.validation`), so both paths accept and refuse the same
@@ -30,13 +33,16 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import reference, validation
+from . import validation
+from .anomaly_map import reference as map_reference
+from .feacali import reference as feacali_reference
+from .simplex import reference as simplex_reference
 
 try:
-    from . import anomaly_map as _anomaly_map
-    from . import feacali as _feacali
     from . import ops as _ops
-    from . import simplex as _simplex
+    from .anomaly_map import triton as _anomaly_map
+    from .feacali import triton as _feacali
+    from .simplex import triton as _simplex
 except ImportError:  # Triton is not installed: the references serve
     _anomaly_map = _feacali = _ops = _simplex = None
 
@@ -91,7 +97,7 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
     if use_triton(*teacher, *student, has_op=True):
         run = _ops.cosine_anomaly_map if torch.compiler.is_compiling() else _anomaly_map.cosine_anomaly_map_triton
         return run(teacher, student, list(size), sigma, mode)
-    return reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
+    return map_reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
 
 
 def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,
@@ -107,14 +113,14 @@ def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6,
     shape, octaves, persistence, frequency = validation.check_noise(shape, seeds, octaves, persistence, frequency)
     if use_triton(seeds):
         return _simplex.simplex_noise3d_triton(shape, seeds, octaves, persistence, frequency)
-    return reference.simplex_noise3d(shape, seeds, octaves, persistence, frequency)
+    return simplex_reference.simplex_noise3d(shape, seeds, octaves, persistence, frequency)
 
 
 def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, bounds_h: tuple[int, int],
                        bounds_w: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``x01 + strength * noise`` inside each image's patch, whose place and
     sides (in [low, high) of ``bounds_h``/``bounds_w``) come from its seed
-    (:func:`reference.patch_geometry`); noise in patch-local coordinates.
+    (:func:`.simplex.reference.patch_geometry`); noise in patch-local coordinates.
 
     Args:
         x01: (B, C, H, W) float images.
@@ -128,7 +134,7 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, 
     strength, bounds_h, bounds_w = validation.check_synthesis(x01, seeds, strength, bounds_h, bounds_w)
     if use_triton(x01, seeds):
         return _simplex.synthesize_triton(x01, seeds, strength, bounds_h, bounds_w)
-    return reference.synthesize_patches(x01, seeds, strength, bounds_h, bounds_w)
+    return simplex_reference.synthesize_patches(x01, seeds, strength, bounds_h, bounds_w)
 
 
 def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 1e-5,
@@ -146,7 +152,7 @@ def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases
     a cuDNN convolution and the Triton InstanceNorm + LeakyReLU (forward and
     backward). Without gradients, on the Triton path, the fused chain runs (each
     block's normalisation fused into the next block's input load), or the cuDNN
-    chain where that was measured faster (:func:`sacd_fast.kernels.feacali.fastest_stack`).
+    chain where that was measured faster (:func:`sacd_fast.kernels.feacali.triton.fastest_stack`).
 
     Args:
         x: (B, C, H, W) float, with H * W >= 2 (InstanceNorm needs two pixels).
@@ -161,7 +167,7 @@ def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases
         # The fused chain reads the weights in x's dtype as it packs them: no cast here.
         run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
         return run(x, weights, eps, negative_slope)
-    block = _feacali.conv_in_lrelu_train if triton_path else reference.conv_in_lrelu
+    block = _feacali.conv_in_lrelu_train if triton_path else feacali_reference.conv_in_lrelu
     for weight, bias in zip(weights, biases):
         x = block(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), eps, negative_slope)
     return x

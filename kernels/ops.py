@@ -16,8 +16,9 @@ schema from the annotations.
 
 import torch
 
-from . import anomaly_map, feacali
-from .layout import kernel_dtype
+from .anomaly_map import triton as anomaly_map
+from .feacali import triton as feacali
+from .launch import kernel_dtype
 
 
 @torch.library.custom_op("sacd_fast::cosine_anomaly_map", mutates_args=())

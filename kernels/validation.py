@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -1,9 +1,9 @@
 """sacd_fast: SACD industrial anomaly detection, standard and fast."""
 
-from .fast import FastSACD, fast
-from .model import SACD, Prediction, normalize
-from .profile import profile
-from .synthesis import synthesize
+from sacd_fast.data.synthesis import synthesize
+from sacd_fast.deploy.fast import FastSACD, fast
+from sacd_fast.network.model import SACD, Prediction, normalize
+from sacd_fast.profile import profile
 
 __all__ = ["SACD", "FastSACD", "Prediction", "fast", "normalize", "profile", "synthesize"]
 __version__ = "0.1.0"

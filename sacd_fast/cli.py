@@ -21,17 +21,17 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, commands
-from .calibration import DEFAULT_FALSE_ALARM_RATE
-from .teacher import BACKBONES, TEACHER_INPUTS
+from sacd_fast import __version__, commands
+from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE
+from sacd_fast.network.teacher import BACKBONES, TEACHER_INPUTS
 
 
 def profile_command(args) -> dict:
     """Print parameters and FLOPs per part (fvcore) and, given a bench JSON, the achieved FLOP/s."""
     import warnings
 
-    from .model import SACD
-    from .profile import PARTS, anomaly_map_flops, profile
+    from sacd_fast.network.model import SACD
+    from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 
     commands.check_image_size(args.image_size)
     with warnings.catch_warnings():

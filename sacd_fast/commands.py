@@ -21,20 +21,22 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from .checkpoint import load_checkpoint
-from .data import AnomalyDataset, ImageFiles
-from .files import exclusive_folder, write_text
-from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
-from .export import Inferencer, export
-from .inference import at_threshold, calibrate, evaluate_predictions, load_for_inference, predict_dataset
-from .cpu import native_bf16
-from .fast import CPU_BOUNDS
-from .model import SACD
-from .teacher import TEACHER_INPUTS
-from .outputs import heatmap_names, refuse_overwriting_inputs, score_rows, write_csv, write_heatmaps, write_json
-from .report import write_report
-from .synthdata import write_dataset
-from .train import TrainSettings, fit
+from sacd_fast.cpu import native_bf16
+from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
+from sacd_fast.data.synthdata import write_dataset
+from sacd_fast.deploy.export import Inferencer, export
+from sacd_fast.deploy.fast import CPU_BOUNDS
+from sacd_fast.deploy.inference import (at_threshold, calibrate, evaluate_predictions, load_for_inference,
+                                        predict_dataset)
+from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
+from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inputs, score_rows, write_csv,
+                                          write_heatmaps, write_json)
+from sacd_fast.evaluation.report import write_report
+from sacd_fast.files import exclusive_folder, write_text
+from sacd_fast.network.model import SACD
+from sacd_fast.network.teacher import TEACHER_INPUTS
+from sacd_fast.training.checkpoint import load_checkpoint
+from sacd_fast.training.train import TrainSettings, fit
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -113,7 +115,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
     it stopped) and ``out/train_log.jsonl``. The decision threshold is set for
     ``false_alarm_rate`` on the held-out normal images
-    (:mod:`sacd_fast.calibration`). Under torchrun every process trains its
+    (:mod:`sacd_fast.evaluation.calibration`). Under torchrun every process trains its
     share; rank 0 writes. Returns the checkpoint's thresholds and history
     (None on the other ranks).
     """

@@ -11,8 +11,8 @@ import logging
 
 import torch
 
-from .kernels.reference import gaussian_radius
-from .model import SACD
+from sacd_fast.kernels.anomaly_map.reference import gaussian_radius
+from sacd_fast.network.model import SACD
 
 PARTS = ("teacher", "ocbe", "decoder", "feacali")
 

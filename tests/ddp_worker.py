@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from sacd_fast import SACD
-from sacd_fast.train import TrainSettings, fit
+from sacd_fast.training.train import TrainSettings, fit
 
 
 class Images(torch.utils.data.Dataset):

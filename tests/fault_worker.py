@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from sacd_fast import checkpoint, files
+from sacd_fast import files
+from sacd_fast.training import checkpoint
 from sacd_fast.cli import main
 
 pause = os.environ.get("SACD_TEST_SLOW_WRITE")

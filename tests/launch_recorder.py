@@ -26,18 +26,24 @@ JIT_TYPES = (triton.runtime.jit.KernelInterface,)
 
 
 def kernel_modules() -> list:
-    """Every module of the kernels package that holds a ``@triton.jit`` function."""
+    """Every module of the kernels package that holds a ``@triton.jit`` function
+    (each op's ``triton.py``)."""
     modules = []
-    for info in pkgutil.iter_modules(kernels_package.__path__):
-        module = importlib.import_module(f"{kernels_package.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(kernels_package.__path__, f"{kernels_package.__name__}."):
+        module = importlib.import_module(info.name)
         if any(isinstance(v, JIT_TYPES) for v in vars(module).values()):
             modules.append(module)
     return modules
 
 
+def op_name(module) -> str:
+    """The op a kernel module belongs to: ``anomaly_map`` for ``sacd_fast.kernels.anomaly_map.triton``."""
+    return module.__name__.split(".")[-2]
+
+
 def jit_functions() -> dict[str, object]:
-    """``{"module.name": JITFunction or Autotuner}`` for the whole kernels package."""
-    return {f"{m.__name__.rsplit('.', 1)[1]}.{name}": value for m in kernel_modules()
+    """``{"op.name": JITFunction or Autotuner}`` for the whole kernels package."""
+    return {f"{op_name(m)}.{name}": value for m in kernel_modules()
             for name, value in vars(m).items() if isinstance(value, JIT_TYPES)}
 
 
@@ -95,7 +101,7 @@ def recording():
     launches: list[Launch] = []
     patched = []
     for module in kernel_modules():
-        short = module.__name__.rsplit(".", 1)[1]
+        short = op_name(module)
         for name, value in list(vars(module).items()):
             if isinstance(value, JIT_TYPES):
                 setattr(module, name, _Recorder(f"{short}.{name}", value, launches))

@@ -32,11 +32,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 from launch_recorder import base_function, jit_functions, recording  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton import knobs  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from sacd_fast.kernels import anomaly_map, feacali, simplex  # noqa: E402
+from sacd_fast.kernels.anomaly_map import triton as anomaly_map  # noqa: E402
+from sacd_fast.kernels.feacali import triton as feacali  # noqa: E402
+from sacd_fast.kernels.simplex import triton as simplex  # noqa: E402
 
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
          torch.int32: "i32", torch.int64: "i64"}

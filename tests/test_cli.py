@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sacd_fast.cli import main
-from sacd_fast.synthdata import DEFECTS, write_dataset
+from sacd_fast.data.synthdata import DEFECTS, write_dataset
 
 
 @pytest.fixture(scope="module")

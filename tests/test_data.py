@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sacd_fast.data import AnomalyDataset, ImageFiles
-from sacd_fast.inference import evaluate_predictions
+from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
+from sacd_fast.deploy.inference import evaluate_predictions
 
 rng = np.random.default_rng(0)
 

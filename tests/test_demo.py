@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sacd_fast.cli import main
-from sacd_fast.data import AnomalyDataset
-from sacd_fast.kernels.reference import gaussian_blur
-from sacd_fast.metrics import evaluate
+from sacd_fast.data.datasets import AnomalyDataset
+from sacd_fast.evaluation.metrics import evaluate
+from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
 
 
 @pytest.fixture(scope="module")

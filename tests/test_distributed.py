@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sacd_fast import SACD
-from sacd_fast.synthdata import write_dataset
+from sacd_fast.data.synthdata import write_dataset
 
 
 def torchrun(*args, cwd):

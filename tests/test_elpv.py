@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sacd_fast import SACD, normalize
-from sacd_fast.metrics import image_auroc
-from sacd_fast.train import TrainSettings, fit
+from sacd_fast.evaluation.metrics import image_auroc
+from sacd_fast.training.train import TrainSettings, fit
 
 SIZE, TRAIN, TEST_NORMAL, TEST_DEFECT, EPOCHS = 128, 240, 120, 120, 15
 AUROC_FLOOR = 0.70

@@ -12,9 +12,9 @@ from conftest import random_teacher_model
 
 from sacd_fast import SACD, normalize
 from sacd_fast.cli import main
-from sacd_fast.data import AnomalyDataset
-from sacd_fast.export import OPSET, Inferencer, export
-from sacd_fast.synthdata import write_dataset
+from sacd_fast.data.datasets import AnomalyDataset
+from sacd_fast.data.synthdata import write_dataset
+from sacd_fast.deploy.export import OPSET, Inferencer, export
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

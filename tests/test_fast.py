@@ -9,8 +9,8 @@ from conftest import random_teacher_model, requires_cuda
 import sacd_fast
 from sacd_fast import SACD
 from sacd_fast.cpu import native_bf16
-from sacd_fast.fast import CPU_BOUNDS
-from sacd_fast.train import TrainSettings, fit
+from sacd_fast.deploy.fast import CPU_BOUNDS
+from sacd_fast.training.train import TrainSettings, fit
 
 
 def test_fast_model_on_cpu_picks_a_proven_backend_and_keeps_the_api(tmp_path):

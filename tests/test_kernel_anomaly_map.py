@@ -9,9 +9,9 @@ import torch
 from conftest import KERNEL_DEVICE, assert_close, kernel_path, requires_cuda
 
 from sacd_fast import kernels
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.anomaly_map import reference
 
-anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map")
+anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map.triton")
 
 SMALL_SHAPES = [  # (batch, [(C, h, w) per scale], output size)
     (1, [(8, 4, 4)], (7, 9)),

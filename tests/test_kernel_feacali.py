@@ -10,9 +10,9 @@ import torch
 from conftest import KERNEL_DEVICE, assert_close, kernel_path, random_teacher_model, requires_cuda
 
 from sacd_fast import kernels
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.feacali import reference
 
-feacali = pytest.importorskip("sacd_fast.kernels.feacali")
+feacali = pytest.importorskip("sacd_fast.kernels.feacali.triton")
 
 
 def chain(channels, batch, h, w, device=KERNEL_DEVICE):
@@ -113,7 +113,7 @@ def test_feacali_modules_train_and_predict_through_the_kernels(monkeypatch):
     derivative jumps, so any fp32 implementation's gradient (PyTorch's too)
     depends on how its mean rounds; those cases are left to the block-level
     property tests, which hold the gradient to float64 on conditioned inputs."""
-    from sacd_fast.loss import sacd_loss
+    from sacd_fast.network.loss import sacd_loss
 
     model = random_teacher_model("efficientnet_lite0", 32).to(KERNEL_DEVICE).eval()
     x = torch.randn(2, 3, 32, 32, device=KERNEL_DEVICE)

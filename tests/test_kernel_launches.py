@@ -10,8 +10,10 @@ import torch
 from launch_recorder import recording
 
 pytest.importorskip("triton")
-from sacd_fast.kernels import anomaly_map, feacali, simplex  # noqa: E402
-from sacd_fast.kernels.layout import MAX_GRID  # noqa: E402
+from sacd_fast.kernels.anomaly_map import triton as anomaly_map  # noqa: E402
+from sacd_fast.kernels.feacali import triton as feacali  # noqa: E402
+from sacd_fast.kernels.launch import MAX_GRID  # noqa: E402
+from sacd_fast.kernels.simplex import triton as simplex  # noqa: E402
 
 SCALES = {"wide_resnet50_2": [(256, 64), (512, 32), (1024, 16)],
           "efficientnet_lite0": [(24, 64), (40, 32), (112, 16)]}
@@ -68,7 +70,7 @@ def test_every_launch_fits_the_cuda_grid_limits(path, backbone, batch):
 
 
 def test_the_launchers_refuse_a_grid_beyond_the_limits():
-    from sacd_fast.kernels.layout import check_grid
+    from sacd_fast.kernels.launch import check_grid
 
     assert MAX_GRID == CUDA_LIMITS
     assert check_grid((2**31 - 1, 65535, 65535)) == (2**31 - 1, 65535, 65535)

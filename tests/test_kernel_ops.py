@@ -10,12 +10,12 @@ import torch
 from conftest import KERNEL_DEVICE, assert_close, random_teacher_model
 
 from sacd_fast import kernels
-from sacd_fast.feacali import FeaCali
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.anomaly_map import reference
+from sacd_fast.network.feacali import FeaCali
 
 ops = pytest.importorskip("sacd_fast.kernels.ops")
-feacali = pytest.importorskip("sacd_fast.kernels.feacali")
-anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map")
+feacali = pytest.importorskip("sacd_fast.kernels.feacali.triton")
+anomaly_map = pytest.importorskip("sacd_fast.kernels.anomaly_map.triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

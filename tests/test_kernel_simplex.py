@@ -7,9 +7,9 @@ import torch
 from conftest import KERNEL_DEVICE, SEEDS, assert_close, kernel_path, opensimplex_field, requires_cuda
 
 from sacd_fast import synthesize
-from sacd_fast.kernels import reference
+from sacd_fast.kernels.simplex import reference
 
-simplex = pytest.importorskip("sacd_fast.kernels.simplex")
+simplex = pytest.importorskip("sacd_fast.kernels.simplex.triton")
 
 
 def test_permutation_tables_match_opensimplex():

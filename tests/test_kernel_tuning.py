@@ -8,7 +8,7 @@ pytest.importorskip("triton")
 def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
     import triton.testing
 
-    from sacd_fast.kernels import tuning
+    from sacd_fast.kernels import launch
 
     timings = {"fused": 2.0, "cudnn": 1.0}
     calls = []
@@ -22,11 +22,11 @@ def test_pick_faster_times_once_per_key_and_keeps_the_winner(monkeypatch):
         return lambda: calls.append(name) or name
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
-    monkeypatch.setattr(tuning, "_FASTER", {})
+    monkeypatch.setattr(launch, "_FASTER", {})
     candidates = {"fused": candidate("fused"), "cudnn": candidate("cudnn")}
-    assert tuning.pick_faster(("a",), candidates) == "cudnn"
+    assert launch.pick_faster(("a",), candidates) == "cudnn"
     timings["fused"] = 0.5  # remembered: no second measurement for the same key
-    assert tuning.pick_faster(("a",), candidates) == "cudnn"
-    assert tuning.pick_faster(("b",), candidates) == "fused"
+    assert launch.pick_faster(("a",), candidates) == "cudnn"
+    assert launch.pick_faster(("b",), candidates) == "fused"
     once = ["fused", "cudnn", "fused", "timed fused", "cudnn", "timed cudnn"]  # warm-up calls, then the timings
     assert calls == once + once

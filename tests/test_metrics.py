@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sacd_fast import metrics
+from sacd_fast.evaluation import metrics
 
 
 def test_image_auroc_and_f1_by_hand():

@@ -97,7 +97,7 @@ def test_bundled_lite0_weights_classify_a_real_photo():
     skimage_data = pytest.importorskip("skimage.data")
     from torch import nn
 
-    from sacd_fast.teacher import LITE0_STAGES, LITE0_TAPS, MBConv, bundled_lite0_weights
+    from sacd_fast.network.teacher import LITE0_STAGES, LITE0_TAPS, MBConv, bundled_lite0_weights
 
     model = SACD("efficientnet_lite0", teacher_weights="imagenet", image_size=224)
     teacher = model.teacher
@@ -140,7 +140,7 @@ def test_bundled_lite0_weights_classify_a_real_photo():
 
 def test_training_loss_falls():
     model = random_teacher_model("resnet18", 64)
-    from sacd_fast.train import TrainSettings, build_optimizer, train_step
+    from sacd_fast.training.train import TrainSettings, build_optimizer, train_step
 
     optimizer = build_optimizer(model, TrainSettings())
     x01 = torch.rand(4, 3, 64, 64)

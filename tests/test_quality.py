@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sacd_fast.synthdata import write_dataset
+from sacd_fast.data.synthdata import write_dataset
 
 QUALITY = Path(__file__).resolve().parent.parent / "bench" / "quality.py"
 

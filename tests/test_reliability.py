@@ -31,12 +31,12 @@ from conftest import random_teacher_model
 from PIL import Image
 
 from sacd_fast import SACD, kernels, normalize, synthesize
-from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
 from sacd_fast.cli import main
 from sacd_fast.commands import train as train_command
-from sacd_fast.data import AnomalyDataset, ImageFiles
-from sacd_fast.synthdata import write_dataset
-from sacd_fast.train import TrainSettings, fit
+from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
+from sacd_fast.data.synthdata import write_dataset
+from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from sacd_fast.training.train import TrainSettings, fit
 
 SIZE = 32
 TRAIN = ["--backbone", "efficientnet_lite0", "--image-size", str(SIZE), "--batch-size", "4", "--device", "cpu"]

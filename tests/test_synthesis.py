@@ -5,8 +5,8 @@ import torch
 from conftest import SEEDS, assert_close, opensimplex_field
 
 from sacd_fast import synthesize
-from sacd_fast.kernels.reference import simplex_noise3d
-from sacd_fast.synthesis import patch_bounds, patch_geometry
+from sacd_fast.data.synthesis import patch_bounds
+from sacd_fast.kernels.simplex.reference import patch_geometry, simplex_noise3d
 
 
 def test_simplex_noise_matches_opensimplex():
@@ -23,7 +23,7 @@ def test_simplex_noise_other_settings():
 
 def test_patch_geometry_follows_rd_plus_plus():
     assert patch_bounds(256) == (10, 32)
-    geometry = patch_geometry(torch.randint(-(2**62), 2**62, (4000,)), 256, 192)
+    geometry = patch_geometry(torch.randint(-(2**62), 2**62, (4000,)), 256, 192, patch_bounds(256), patch_bounds(192))
     top, left, h, w = geometry.unbind(1)
     assert int(h.min()) == 10 and int(h.max()) == 31
     assert int(w.min()) == 10 and int(w.max()) == 23
@@ -39,7 +39,8 @@ def test_synthesize_corrupts_one_patch_with_scaled_noise():
     assert torch.equal(x_synth, again)
     assert tuple(masks.shape) == (3, 1, 128, 128)
     noise = simplex_noise3d((3, 3, 16, 16), seeds)
-    for b, (top, left, h, w) in enumerate(patch_geometry(seeds, 128, 128).tolist()):
+    geometry = patch_geometry(seeds, 128, 128, patch_bounds(128), patch_bounds(128))
+    for b, (top, left, h, w) in enumerate(geometry.tolist()):
         inside = torch.zeros(128, 128, dtype=torch.bool)
         inside[top:top + h, left:left + w] = True
         assert torch.equal(masks[b, 0].bool(), inside)

@@ -8,8 +8,8 @@ from conftest import random_teacher_model
 from torch.utils.data import Dataset
 
 from sacd_fast import SACD
-from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
-from sacd_fast.train import TrainSettings, fit
+from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from sacd_fast.training.train import TrainSettings, fit
 
 SETTINGS = TrainSettings(epochs=2, batch_size=3, seed=3)
 
@@ -111,7 +111,7 @@ def test_cached_teacher_features_learn_exactly_what_recomputing_does():
 
 
 def test_the_teacher_cache_stays_within_its_budget():
-    from sacd_fast.train import TeacherCache
+    from sacd_fast.training.train import TeacherCache
 
     model = fresh_model()
     per_image = sum(f[0].numel() * 4 for f in model.teacher(torch.zeros(1, 3, 64, 64)))

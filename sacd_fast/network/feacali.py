@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import kernels
+from sacd_fast import kernels
 
 
 class FeaCali(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, make_stage
+from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
 
 IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",

@@ -7,11 +7,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import metrics
-from .calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
-from .checkpoint import load_checkpoint
-from .fast import fast as make_fast
-from .model import SACD, normalize
+from sacd_fast.deploy.fast import fast as make_fast
+from sacd_fast.evaluation import metrics
+from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
+from sacd_fast.network.model import SACD, normalize
+from sacd_fast.training.checkpoint import load_checkpoint
 
 
 def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
@@ -33,7 +33,7 @@ def predict_dataset(model, dataset: Dataset, batch_size: int = 16, device="cpu",
                     progress: bool = True, desc: str = "scoring") -> dict:
     """Run ``model.predict`` over a dataset of sacd_fast items (``model``: a
     :class:`SACD` in eval mode on ``device``, its fast wrapper, or an
-    :class:`sacd_fast.export.Inferencer`).
+    :class:`sacd_fast.deploy.export.Inferencer`).
 
     Returns a dict of numpy arrays: ``scores`` (N,), ``maps`` (N, H, W), and
     every other per-item field of the dataset collated (``path``, ``size``,
@@ -57,7 +57,7 @@ def predict_dataset(model, dataset: Dataset, batch_size: int = 16, device="cpu",
 def calibrate(model: SACD, normal: Dataset, batch_size: int = 16, device="cpu", progress: bool = True,
               false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> dict:
     """Decision threshold from normal (defect-free, held-out) images, for a target
-    false-alarm rate (:func:`sacd_fast.calibration.calibrate_threshold`). An image
+    false-alarm rate (:func:`sacd_fast.evaluation.calibration.calibrate_threshold`). An image
     scores above the threshold exactly when some pixel of its map does, so the
     same value outlines the regions. ``normal_level``, the median map value, is
     the bottom of the heatmap colour scale."""

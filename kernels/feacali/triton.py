@@ -32,7 +32,6 @@ backward, one program per (sample, channel) row, two passes in fp32.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -40,28 +39,25 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..launch import (INTERPRET, block_size, cdiv, check_grid, empty_like_layout, kernel_dtype, next_power_of_2,
+                      pick_faster, pixel_run, quick_bench, tiles)
 from . import reference
-from .layout import check_grid, empty_like_layout, kernel_dtype, pixel_run
-from .tuning import pick_faster, quick_bench
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MIN_BLOCK_M, MIN_BLOCK_N = 32, 32  # the smallest conv tiles: they size the partial-statistics buffers
 
 
 def _conv_configs() -> list[triton.Config]:
-    """Tiles for Hopper-class GPUs, tuned per shape. The interpreter checks
-    numbers, not speed: one small tile there."""
-    if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32})]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
-            for m, n, k, warps, stages in [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
-                                           (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 8, 4)]]
+    """Tiles for Hopper-class GPUs, tuned per shape."""
+    return tiles([triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+                  for m, n, k, warps, stages in [(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
+                                                 (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 8, 4)]],
+                 triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}))
 
 
 def _prune_tiles(configs, named_args, **kwargs):
     """No BLOCK_N wider than the output channels need (FeaCali's narrowest layers
     have 6), and no 64-deep K steps on fp32 inputs (their register tiles spill)."""
-    widest = max(16, triton.next_power_of_2(named_args["C_out"]))
+    widest = max(16, next_power_of_2(named_args["C_out"]))
     deepest = 32 if named_args["x_ptr"].element_size() == 4 else 64
     return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest] or configs[:1]
 
@@ -235,10 +231,10 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
     packed.copy_(weight.permute(2, 3, 1, 0))  # (tap, C_in, C_out) in x's dtype: one pass over the weights
     y = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     stats = torch.empty((n, c_out, 2), dtype=torch.float32, device=x.device)
-    partials = torch.empty((triton.cdiv(h * w, MIN_BLOCK_M), n, c_out, 2), dtype=torch.float32, device=x.device)
-    arrivals = torch.zeros((n, triton.cdiv(c_out, MIN_BLOCK_N)), dtype=torch.int32, device=x.device)
+    partials = torch.empty((cdiv(h * w, MIN_BLOCK_M), n, c_out, 2), dtype=torch.float32, device=x.device)
+    arrivals = torch.zeros((n, cdiv(c_out, MIN_BLOCK_N)), dtype=torch.int32, device=x.device)
     grid = lambda meta: check_grid(  # noqa: E731
-        (triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n))
+        (cdiv(h * w, meta["BLOCK_M"]), cdiv(c_out, meta["BLOCK_N"]), n))
     _conv3x3_stats_kernel[grid](
         x, packed, y, stats if in_stats is None else in_stats, partials, arrivals, stats, n, c_in, c_out, h, w,
         *x.stride(), *y.stride(), eps, slope, NORM_INPUT=in_stats is not None, DOT_FP32=INTERPRET)
@@ -247,8 +243,8 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
 
 def _apply_blocks(hw: int, c: int) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_C) of the normalisation pass: up to 4,096 elements a tile."""
-    block_c = min(triton.next_power_of_2(c), 64)
-    return min(triton.next_power_of_2(hw), 4096 // block_c), block_c
+    block_c = block_size(c, 64)
+    return block_size(hw, 4096 // block_c), block_c
 
 
 def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,
@@ -264,7 +260,7 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     y, y_strides = pixel_run(y)
     _, out_strides = pixel_run(out)
     block_p, block_c = _apply_blocks(h * w, c)
-    _in_lrelu_apply_kernel[check_grid((n, triton.cdiv(h * w, block_p), triton.cdiv(c, block_c)))](
+    _in_lrelu_apply_kernel[check_grid((n, cdiv(h * w, block_p), cdiv(c, block_c)))](
         y, stats, out, c, h * w, *y_strides, *out_strides, negative_slope, BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
@@ -306,7 +302,7 @@ class InstanceNormLReLU(torch.autograd.Function):
         n, c, h, w = y.shape
         out = empty_like_layout(y)
         stats = torch.empty((n * c, 2), dtype=torch.float32, device=y.device)
-        block = min(triton.next_power_of_2(h * w), 1024)
+        block = block_size(h * w)
         _in_lrelu_forward_kernel[check_grid((n * c,))](y, out, stats, c, h * w, *y_strides, *pixel_run(out)[1],
                                                        eps, negative_slope, BLOCK=block)
         ctx.save_for_backward(y, stats)
@@ -320,7 +316,7 @@ class InstanceNormLReLU(torch.autograd.Function):
         grad_out, g_strides = pixel_run(grad_out)
         n, c, h, w = y.shape
         dy = empty_like_layout(y)
-        block = min(triton.next_power_of_2(h * w), 1024)
+        block = block_size(h * w)
         _in_lrelu_backward_kernel[check_grid((n * c,))](y, grad_out, dy, stats, c, h * w, *y_strides, *g_strides,
                                                         *pixel_run(dy)[1], ctx.slope, BLOCK=block)
         return dy, None, None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from sacd_fast.files import atomic_write
 
 FORMAT = "sacd_fast/1"
 

@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch import block_size, cdiv, check_grid
 from . import reference
-from .layout import check_grid
 from .reference import GRADIENTS_3D
 
 # The reference's constants, as compile-time constants of the kernels.
@@ -326,8 +326,8 @@ def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persist
     b, c, h, w = (int(v) for v in shape)
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty((b, c, h, w), dtype=torch.float32, device=seeds.device)
-    block = min(triton.next_power_of_2(c * h * w), 256)
-    _noise_field_kernel[check_grid((triton.cdiv(c * h * w, block), b))](
+    block = block_size(c * h * w, 256)
+    _noise_field_kernel[check_grid((cdiv(c * h * w, block), b))](
         perm, grad_index, _vectors(seeds.device), _params(persistence, frequency, seeds.device), out, c, h, w,
         OCTAVES=octaves, BLOCK=block)
     return out
@@ -345,8 +345,8 @@ def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, strength: float, b
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty(x01.shape, dtype=x01.dtype, device=x01.device)
     masks = torch.empty((b, 1, h, w), dtype=x01.dtype, device=x01.device)
-    block_y, block_x = 16, min(triton.next_power_of_2(w), 32)
-    grid = check_grid((b * c, triton.cdiv(h, block_y), triton.cdiv(w, block_x)))
+    block_y, block_x = 16, block_size(w, 32)
+    grid = check_grid((b * c, cdiv(h, block_y), cdiv(w, block_x)))
     _synthesize_kernel[grid](x01, out, masks, seeds, perm, grad_index, _vectors(x01.device),
                              _params(persistence, frequency, x01.device), c, h, w, *bounds_h, *bounds_w,
                              float(strength), OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)

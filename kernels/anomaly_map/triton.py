@@ -18,33 +18,29 @@ the maps themselves are 8 MB.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from .layout import check_grid, kernel_dtype, pixel_run
+from ..launch import block_size, cdiv, check_grid, kernel_dtype, next_power_of_2, pixel_run, quick_bench, tiles
 from .reference import COSINE_EPS, gaussian_radius
-from .tuning import quick_bench
 
 
 def _cosine_configs() -> list[triton.Config]:
     """Pixel x channel tiles, tuned per shape: small maps (WideResNet's 16x16
-    scale) need narrow pixel blocks to fill the GPU. The interpreter checks
-    numbers, not speed: one tile there."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_C": 32, "BLOCK_P": 32})]
-    return [triton.Config({"BLOCK_C": c, "BLOCK_P": p}, num_warps=warps)
-            for c, p, warps in [(64, 16, 4), (32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 4), (64, 64, 8),
-                                (32, 128, 4), (64, 128, 8)]]
+    scale) need narrow pixel blocks to fill the GPU."""
+    return tiles([triton.Config({"BLOCK_C": c, "BLOCK_P": p}, num_warps=warps)
+                  for c, p, warps in [(64, 16, 4), (32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 4), (64, 64, 8),
+                                      (32, 128, 4), (64, 128, 8)]],
+                 triton.Config({"BLOCK_C": 32, "BLOCK_P": 32}))
 
 
 def _drop_oversized_tiles(configs, named_args, **kwargs):
     """No tile wider than the channels or the pixels it covers."""
-    c_max = max(16, triton.next_power_of_2(named_args["C"]))
-    p_max = max(16, triton.next_power_of_2(named_args["P"]))
+    c_max = max(16, next_power_of_2(named_args["C"]))
+    p_max = max(16, next_power_of_2(named_args["P"]))
     return [c for c in configs if c.kwargs["BLOCK_C"] <= c_max and c.kwargs["BLOCK_P"] <= p_max] or configs[:1]
 
 
@@ -157,7 +153,7 @@ def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     s, s_strides = pixel_run(s.to(kernel_dtype(s)))
     b, c, h, w = t.shape
     out = torch.empty((b, h, w), dtype=torch.float32, device=t.device)
-    grid = lambda meta: check_grid((triton.cdiv(h * w, meta["BLOCK_P"]), b))  # noqa: E731
+    grid = lambda meta: check_grid((cdiv(h * w, meta["BLOCK_P"]), b))  # noqa: E731
     _cosine_distance_kernel[grid](t, s, out, c, h * w, *t_strides, *s_strides, COSINE_EPS)
     return out
 
@@ -166,8 +162,8 @@ def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian (scipy 'reflect' border) of float32 (B, H, W) maps."""
     b, h, w = maps.shape
     radius = gaussian_radius(sigma)
-    block_y, block_x = min(triton.next_power_of_2(h), 16), min(triton.next_power_of_2(w), 64)
-    grid = check_grid((triton.cdiv(w, block_x), triton.cdiv(h, block_y), b))
+    block_y, block_x = block_size(h, 16), block_size(w, 64)
+    grid = check_grid((cdiv(w, block_x), cdiv(h, block_y), b))
     rows = torch.empty_like(maps)
     _gaussian_kernel[grid](maps, rows, h, w, radius, 1.0 / sigma, AXIS=1, BLOCK_Y=block_y, BLOCK_X=block_x)
     out = torch.empty_like(maps)
@@ -187,10 +183,10 @@ def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence
         scales.append((distance, h, w, (h - 1) / (height - 1) if height > 1 else 0.0,
                        (w - 1) / (width - 1) if width > 1 else 0.0))
     out = torch.empty((batch, height, width), dtype=torch.float32, device=teacher[0].device)
-    block = min(triton.next_power_of_2(height * width), 1024)
+    block = block_size(height * width)
     for first in range(0, len(scales), 3):  # three scales a launch: SACD's whole map in one
         chunk = scales[first:first + 3]
         args = [a for scale in chunk + chunk[:1] * (3 - len(chunk)) for a in scale]  # unused slots: ignored
-        _upsample_combine_kernel[check_grid((triton.cdiv(height * width, block), batch))](
+        _upsample_combine_kernel[check_grid((cdiv(height * width, block), batch))](
             out, height, width, *args, SCALES=len(chunk), ACCUMULATE=first > 0, MUL=mode == "mul", BLOCK=block)
     return gaussian_blur_triton(out, sigma) if sigma > 0 else out

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import load_for_inference
-from .kernels import reference
-from .model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
+from sacd_fast.deploy.inference import load_for_inference
+from sacd_fast.kernels.anomaly_map import reference as map_reference
+from sacd_fast.kernels.feacali import reference as feacali_reference
+from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
 
 OPSET = 18
 FORMAT = "sacd_fast/1"
@@ -53,10 +54,10 @@ class Pipeline(nn.Module):
         calibrated = []
         for module, x in zip(self.model.feacali, student):
             for conv in module.convs:
-                x = reference.conv_in_lrelu(x, conv.weight, conv.bias, module.eps, module.negative_slope)
+                x = feacali_reference.conv_in_lrelu(x, conv.weight, conv.bias, module.eps, module.negative_slope)
             calibrated.append(x)
-        maps = reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
-                                            tuple(image.shape[-2:]), self.model.config["sigma"])
+        maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
+                                                tuple(image.shape[-2:]), self.model.config["sigma"])
         return maps.flatten(1).amax(1), maps
 
 
@@ -117,7 +118,7 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
         precision: "fp32", or "fp16" (weights and compute; the input and outputs stay float32).
         thresholds: the calibrated thresholds to carry (``sacd-fast export`` passes the checkpoint's).
     """
-    from .files import atomic_write  # noqa: PLC0415
+    from sacd_fast.files import atomic_write  # noqa: PLC0415
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -280,7 +281,7 @@ class Inferencer:
 
     def from_files(self, paths) -> Prediction:
         """Read image files or folders (as ``sacd-fast predict`` does) and predict them."""
-        from .data import ImageFiles  # noqa: PLC0415
+        from sacd_fast.data.datasets import ImageFiles  # noqa: PLC0415
 
         images = ImageFiles(paths, self.image_size)
         images.check(progress=False)

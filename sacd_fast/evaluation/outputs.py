@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import normalized
-from .data import read_rgb
-from .files import atomic_write, write_text
-from .visualize import heatmap_panel
+from sacd_fast.data.datasets import read_rgb
+from sacd_fast.evaluation.calibration import normalized
+from sacd_fast.evaluation.heatmaps import heatmap_panel
+from sacd_fast.files import atomic_write, write_text
 
 SCORE_COLUMNS = ("path", "defect", "label", "score", "normalized_score", "anomalous", "heatmap")
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .kernels.reference import cosine_distance
+from sacd_fast.kernels.anomaly_map.reference import cosine_distance
 
 
 def cosine_loss(targets: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor],

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import kernels
-from .blocks import BasicBlock, Bottleneck
-from .bottleneck import OCBE
-from .checkpoint import load_checkpoint
-from .decoder import Decoder
-from .feacali import FeaCali
-from .loss import sacd_loss
-from .teacher import build_teacher
+from sacd_fast import kernels
+from sacd_fast.network.blocks import BasicBlock, Bottleneck
+from sacd_fast.network.bottleneck import OCBE
+from sacd_fast.network.decoder import Decoder
+from sacd_fast.network.feacali import FeaCali
+from sacd_fast.network.loss import sacd_loss
+from sacd_fast.network.teacher import build_teacher
+from sacd_fast.training.checkpoint import load_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,11 +178,11 @@ class SACD(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu", fast: bool = False):
-        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.train`;
+        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.training.train`;
         ``fast=True`` wraps it with :func:`sacd_fast.fast` (defaults)."""
         model = cls.from_payload(load_checkpoint(path, map_location), path)
         if fast:
-            from .fast import fast as make_fast
+            from sacd_fast.deploy.fast import fast as make_fast
 
             return make_fast(model)
         return model
@@ -190,7 +190,7 @@ class SACD(nn.Module):
     @classmethod
     def from_payload(cls, payload: dict, source) -> "SACD":
         """The model (in eval mode) held by a checkpoint already read with
-        :func:`sacd_fast.checkpoint.load_checkpoint` from ``source``."""
+        :func:`sacd_fast.training.checkpoint.load_checkpoint` from ``source``."""
         config = {"teacher_input": "imagenet", **payload["config"]}  # checkpoints from before the option existed
         unknown = set(config) - set(inspect.signature(cls).parameters)
         if unknown:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import make_stage
+from sacd_fast.network.blocks import make_stage
 
 
 class Decoder(nn.Module):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import conv3x3, make_stage
+from sacd_fast.network.blocks import conv3x3, make_stage
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
-from .kernels import reference
+from sacd_fast import kernels
 
 MIN_PATCH = 10
 
@@ -26,11 +25,6 @@ def patch_bounds(size: int) -> tuple[int, int]:
     if low < 1:
         raise ValueError(f"images of side {size} are too small for anomaly synthesis (need >= 16)")
     return low, high
-
-
-def patch_geometry(seeds: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Per-image patch (top, left, h, w) as int64 (B, 4), derived from the seeds."""
-    return reference.patch_geometry(seeds, height, width, patch_bounds(height), patch_bounds(width))
 
 
 def synthesize(x01: torch.Tensor, seeds: torch.Tensor | None = None,

@@ -31,11 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
-from .cpu import native_bf16
-from .files import remove_stale_temporaries
-from .model import SACD, normalize
-from .synthesis import synthesize
+from sacd_fast.cpu import native_bf16
+from sacd_fast.data.synthesis import synthesize
+from sacd_fast.files import remove_stale_temporaries
+from sacd_fast.network.model import SACD, normalize
+from sacd_fast.training.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
 
 
 @dataclass

@@ -22,7 +22,7 @@ and the eager fp32 model itself, which is always a candidate. Each candidate
 is run twice on that batch and the faster second run wins; ``cpu_report``
 records every candidate's time, error and verdict. OpenVINO and ONNX Runtime
 come with the ``deploy`` extra; the exported graph is the one
-:func:`sacd_fast.export` writes.
+:func:`sacd_fast.deploy.export` writes.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import kernels
-from .cpu import native_bf16
-from .model import SACD, Prediction
+from sacd_fast import kernels
+from sacd_fast.cpu import native_bf16
+from sacd_fast.network.model import SACD, Prediction
 
 # The largest difference from the eager fp32 maps a CPU backend may show on the
 # first batch, per precision, as a fraction of max(1, the largest map value).
@@ -47,7 +47,7 @@ CPU_BOUNDS = {"fp32": 1e-4, "bf16": 6e-2}
 
 def _cpu_candidates(model: SACD) -> dict:
     """name -> (precision, factory of a function images -> (scores, maps)), in the order tried."""
-    from .export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner  # noqa: PLC0415
+    from sacd_fast.deploy.export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner  # noqa: PLC0415
 
     exported = {}  # the ONNX graph and its OpenVINO conversion, each made once, when first needed
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from .files import write_text
-from .metrics import pro_curve
+from sacd_fast.evaluation.metrics import pro_curve
+from sacd_fast.files import write_text
 
 THUMBNAIL_WIDTH = 900
 

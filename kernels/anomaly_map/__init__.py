@@ -1,0 +1,1 @@
+"""The multi-scale cosine anomaly map: ``reference`` (PyTorch) and ``triton`` (the kernels)."""

@@ -1,0 +1,1 @@
+"""OpenSimplex noise and the anomaly synthesis: ``reference`` (PyTorch) and ``triton`` (the kernels)."""

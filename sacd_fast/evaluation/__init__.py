@@ -1,0 +1,1 @@
+"""Metrics, threshold calibration, heatmaps, the HTML report and the per-image outputs."""

@@ -1,0 +1,1 @@
+"""The network: teacher, OCBE bottleneck, student decoder, FeaCali, loss and the SACD model."""

@@ -1,0 +1,1 @@
+"""Training (fit, the teacher-feature cache) and checkpoints."""
