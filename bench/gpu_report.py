@@ -14,7 +14,7 @@ within the whole budget (default 290 s, so that the run ends inside five minutes
 
 torch.compile of the whole model and of a whole training step takes about a
 minute per case: the report leaves those two ``compiled`` providers out
-(PERF.md gives their H200 anchors; ``pytest bench/`` runs them). Every benchmark
+(``pytest bench/`` runs them). Every benchmark
 row is saved as it is measured, and OUTPUT_DIR/gpu_report.json is rewritten
 after each step, so a run cut short keeps what it measured. Beside it:
 steps.log (every step's pytest output) and bench_<step>.json
@@ -36,10 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from table import format_table, machine_line, summary_rows
 
-from conftest import format_table, machine_line, summary_rows  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STEPS = {  # name: (pytest arguments, most seconds it may take)
     "parity": (["tests", "-k", "cuda"], 150),

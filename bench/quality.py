@@ -35,8 +35,8 @@ from sacd_fast import commands
 from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.evaluation.metrics import evaluate
 from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
+from sacd_fast.network.config import TEACHER_INPUTS
 from sacd_fast.network.model import SACD, normalize
-from sacd_fast.network.teacher import TEACHER_INPUTS
 
 BANK_LIMIT = 65536
 

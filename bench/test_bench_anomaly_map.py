@@ -1,12 +1,12 @@
 """Anomaly map: reference vs torch.compile(reference) vs the Triton kernels.
 
 Reports images/s, GB/s (features read once + map written once) and that
-rate as a fraction of the device's measured copy bandwidth (PERF.md: 4.0 TB/s
-on an H200)."""
+rate as a fraction of the device's measured copy bandwidth (4.0 TB/s on an
+H200)."""
 
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU
+from table import DEVICE, ON_GPU
 
 from sacd_fast.kernels.anomaly_map import reference
 

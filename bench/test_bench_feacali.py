@@ -4,7 +4,7 @@ forward + backward."""
 
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU
+from table import DEVICE, ON_GPU
 
 from sacd_fast.kernels.feacali import reference
 from sacd_fast.network.feacali import FeaCali

@@ -19,7 +19,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU
+from table import DEVICE, ON_GPU
 
 import sacd_fast
 from sacd_fast import SACD

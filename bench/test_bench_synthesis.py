@@ -8,11 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU
+from table import DEVICE, ON_GPU
 
-from sacd_fast import SACD, normalize, synthesize
+from sacd_fast import SACD
 from sacd_fast.data.synthesis import patch_bounds
 from sacd_fast.kernels.simplex import reference
+from sacd_fast.training import train
 from sacd_fast.training.train import TrainSettings, build_optimizer
 
 PATCH = (3, 31, 31)  # one training image's noise patch at 256²
@@ -63,12 +64,15 @@ def test_synthesize(timed, provider):
 
 @pytest.mark.parametrize("provider", ["reference", "compiled", "fast"])
 @pytest.mark.parametrize("synthesis", [False, True])
-def test_training_step(timed, provider, synthesis):
-    """One optimiser step of both branches. reference: eager fp32; compiled:
-    torch.compile of the training forward; fast: bf16 autocast + channels_last +
-    the Triton kernels (GPU only)."""
+def test_training_step(timed, provider, synthesis, monkeypatch):
+    """One optimiser step of both branches (``train_step``). reference: eager
+    fp32; compiled: torch.compile of the training forward; fast: bf16 autocast +
+    channels_last + the Triton kernels (GPU only). Without synthesis the
+    abnormal branch sees the normal batch itself."""
     if provider == "fast" and not ON_GPU:
         pytest.skip("the fast training path needs a GPU")
+    if not synthesis:
+        monkeypatch.setattr(train, "synthesize", lambda x01, seeds: (x01, None))
     size, batch, backbone = (256, 16, "wide_resnet50_2") if ON_GPU else (128, 4, "efficientnet_lite0")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,13 +86,4 @@ def test_training_step(timed, provider, synthesis):
         x01 = x01.contiguous(memory_format=torch.channels_last)
         autocast_dtype = torch.bfloat16
     step_model = torch.compile(model) if provider == "compiled" else model
-
-    def step():
-        corrupted = synthesize(x01, seeds)[0] if synthesis else x01
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
-            losses = step_model(normalize(x01), normalize(corrupted))
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-
-    timed(step, items=batch, rounds=5)
+    timed(lambda: train.train_step(step_model, optimizer, x01, seeds, autocast_dtype), items=batch, rounds=5)

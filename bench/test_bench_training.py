@@ -8,7 +8,7 @@ on every patch's whole bounding grid with permutation tables built in 256
 rounds of tensor ops. ``fast`` is what ``fit`` does now: decoded
 images kept in memory, channels_last, and the normal images' teacher features
 computed once and reused (one teacher pass per step). ``fast_bf16`` adds
-bf16 autocast (``fit(fast=True)``: on CUDA, or on a CPU with native bf16).
+bf16 autocast (``fit(precision="bf16")``: on CUDA, or on a CPU with native bf16).
 All run on the same
 images, warmed up by an epoch, side by side in one run. CPU: Lite0 and
 ResNet-18 at 256², batch 8; GPU: WideResNet-50-2 at 256², batch 16."""
@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, ON_GPU
+from table import DEVICE, ON_GPU
 from torch.utils.data import DataLoader
 
 from sacd_fast import SACD

@@ -15,54 +15,14 @@ and SIGTERM stop it with exit code 130 and 143, with every file it wrote whole.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 from sacd_fast import __version__, commands
 from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE
-from sacd_fast.network.teacher import BACKBONES, TEACHER_INPUTS
-
-
-def profile_command(args) -> dict:
-    """Print parameters and FLOPs per part (fvcore) and, given a bench JSON, the achieved FLOP/s."""
-    import warnings
-
-    from sacd_fast.network.model import SACD
-    from sacd_fast.profile import PARTS, anomaly_map_flops, profile
-
-    commands.check_image_size(args.image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a random teacher counts the same
-        model = SACD(args.backbone, teacher_weights=None, image_size=args.image_size)
-    report = profile(model, args.image_size)
-    map_flops = anomaly_map_flops(model, args.image_size)
-    rows = [(part, report[part]["params"], report[part]["flops"]) for part in PARTS]
-    rows += [("anomaly map", 0, map_flops), ("total", report["total"]["params"], report["total"]["flops"] + map_flops)]
-    print(f"{args.backbone} at {args.image_size}x{args.image_size}, per image (1 flop = 1 multiply-add)")
-    print(f"{'part':<12} {'params (M)':>11} {'GFLOPs':>9}")
-    for name, params, flops in rows:
-        print(f"{name:<12} {params / 1e6:>11.2f} {flops / 1e9:>9.3f}")
-    if args.bench_json:
-        data = json.loads(Path(args.bench_json).read_text())
-        flops = {part: report[part]["flops"] for part in PARTS}
-        flops["anomaly_map"] = map_flops
-        flops["total"] = report["total"]["flops"] + map_flops
-        wanted = (f"backbone={args.backbone}", f"size={args.image_size}")
-        for bench in data.get("benchmarks", []):
-            info = bench.get("extra_info") or {}
-            case = info.get("case", "")
-            if not all(w in case for w in wanted):
-                continue
-            params = dict(p.split("=", 1) for p in case[case.find("[") + 1:-1].split(",") if "=" in p)
-            part = "total" if case.startswith("test_inference") else params.get("part")
-            if part in flops:  # test_inference: the whole model; test_part: one part
-                rate = info["items_per_s"]
-                print(f"{case} {info['provider']}: {rate:,.0f} images/s = "
-                      f"{rate * flops[part] / 1e12:.3f} T multiply-adds/s")
-    return report
+from sacd_fast.network.config import BACKBONES, TEACHER_INPUTS
+from sacd_fast.training.train import PRECISIONS
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -76,36 +36,41 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{action.help} (default: {action.default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sacd-fast", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"sacd-fast {__version__}")
-    commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = HelpFormatter
+def _decision(p):
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on the raw score (default: the one calibrated at training)")
+    p.add_argument("--false-alarm-rate", type=float, default=None,
+                   help="recalibrate the threshold for this share of normal images flagged, from the "
+                        "held-out scores kept in the checkpoint")
 
-    def decision(p):
-        p.add_argument("--threshold", type=float, default=None,
-                       help="decision threshold on the raw score (default: the one calibrated at training)")
-        p.add_argument("--false-alarm-rate", type=float, default=None,
-                       help="recalibrate the threshold for this share of normal images flagged, from the "
-                            "held-out scores kept in the checkpoint")
 
-    def runtime(p, batch_size=16):
-        p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
-        p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+def _runtime(p, batch_size=16):
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
 
-    def fast_flag(p):
-        p.add_argument("--fast", action="store_true",
-                       help="on CUDA: the fast model (bf16, channels_last, torch.compile, CUDA graphs)")
 
-    def dataset(p):
-        p.add_argument("--data", required=True, help="dataset root (MVTec AD, BTAD or generic folder layout)")
-        p.add_argument("--category", default=None,
-                       help="product sub-folder of --data (e.g. bottle, or 01 for BTAD); omit if --data is the product")
+def _fast_flag(p):
+    p.add_argument("--fast", action="store_true",
+                   help="the fast model: on CUDA bf16, channels_last, torch.compile and CUDA graphs; on a CPU the "
+                        "fastest installed backend (OpenVINO, ONNX Runtime, eager) whose maps match eager fp32")
 
-    p = commands_.add_parser("train", help="train a model on a product's defect-free images (several GPUs: "
-                             "torchrun --nproc_per_node=N -m sacd_fast train ...)", formatter_class=fmt)
-    dataset(p)
+
+def _precision(p, default):
+    p.add_argument("--precision", default=default, choices=PRECISIONS,
+                   help="bf16: train under bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); "
+                        "elsewhere it trains in fp32")
+
+
+def _dataset(p):
+    p.add_argument("--data", required=True, help="dataset root (MVTec AD, BTAD or generic folder layout)")
+    p.add_argument("--category", default=None,
+                   help="product sub-folder of --data (e.g. bottle, or 01 for BTAD); omit if --data is the product")
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a product's defect-free images (several GPUs: "
+                              "torchrun --nproc_per_node=N -m sacd_fast train ...)", formatter_class=HelpFormatter)
+    _dataset(p)
     p.add_argument("--out", required=True, help="output folder: model.pt (checkpoint) and train_log.jsonl")
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--teacher-weights", default="imagenet",
@@ -122,42 +87,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE,
                    help="share of normal images the calibrated threshold may flag (estimated on the held-out "
                         "images: a conformal bound, or a fitted tail when they are too few)")
-    p.add_argument("--fast", action="store_true",
-                   help="on CUDA: bf16 autocast and channels_last (synthesis and FeaCali use the Triton kernels)")
-    runtime(p)
+    _precision(p, "fp32")
+    _runtime(p)
     p.set_defaults(run=lambda a: commands.train(
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
-        workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, fast=a.fast,
+        workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
         teacher_input=a.teacher_input))
 
-    p = commands_.add_parser("eval", help="evaluate a checkpoint on a test split", formatter_class=fmt)
+
+def _add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint on a test split", formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="model.pt written by `sacd-fast train`, or a model.onnx / model.xml it was exported to")
-    dataset(p)
+    _dataset(p)
     p.add_argument("--out", required=True, help="output folder: metrics.json, scores.csv, heatmaps/")
     p.add_argument("--report", action="store_true", help="also write report.html: metrics, curves and heatmaps")
-    decision(p)
-    runtime(p)
-    fast_flag(p)
+    _decision(p)
+    _runtime(p)
+    _fast_flag(p)
     p.set_defaults(run=lambda a: commands.evaluate(
         a.checkpoint, a.data, a.out, category=a.category, batch_size=a.batch_size, device=a.device, fast=a.fast,
         threshold=a.threshold, false_alarm_rate=a.false_alarm_rate, report=a.report))
 
-    p = commands_.add_parser("predict", help="score images and write heatmaps", formatter_class=fmt)
+
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="score images and write heatmaps", formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="model.pt written by `sacd-fast train`, or a model.onnx / model.xml it was exported to")
     p.add_argument("--out", required=True, help="output folder: scores.csv, scores.json, heatmaps/")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    decision(p)
-    runtime(p)
-    fast_flag(p)
+    _decision(p)
+    _runtime(p)
+    _fast_flag(p)
     p.set_defaults(run=lambda a: commands.predict(
         a.checkpoint, a.paths, a.out, threshold=a.threshold, false_alarm_rate=a.false_alarm_rate,
         batch_size=a.batch_size, device=a.device, fast=a.fast))
 
-    p = commands_.add_parser("export", help="write a trained model to one ONNX or OpenVINO file",
-                             formatter_class=fmt)
+
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a trained model to one ONNX or OpenVINO file",
+                              formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model.pt written by `sacd-fast train`")
     p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="file format")
     p.add_argument("--out", required=True, help="output folder: model.onnx, or model.xml and model.bin")
@@ -169,30 +139,46 @@ def build_parser() -> argparse.ArgumentParser:
                                                        batch=None if a.dynamic_batch else a.batch,
                                                        precision=a.precision))
 
-    p = commands_.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",
-                             formatter_class=fmt)
+
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="generate data, train, evaluate (runs offline on a CPU)",
+                              formatter_class=HelpFormatter)
     p.add_argument("--out", default="sacd-demo", help="output folder")
     p.add_argument("--epochs", type=int, default=12, help="training epochs")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
-    runtime(p, batch_size=8)
+    _runtime(p, batch_size=8)
+    _precision(p, "bf16")
     p.set_defaults(run=lambda a: commands.demo(a.out, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
-                                               batch_size=a.batch_size, device=a.device))
+                                               batch_size=a.batch_size, device=a.device, precision=a.precision))
 
-    p = commands_.add_parser("profile", help="parameters and FLOPs per part of the model (fvcore)",
-                             formatter_class=fmt)
+
+def _add_profile(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="parameters and FLOPs per part of the model (fvcore)",
+                              formatter_class=HelpFormatter)
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--bench-json", default=None,
                    help="a pytest-benchmark JSON (pytest bench/ --benchmark-json F): print achieved FLOP/s")
-    p.set_defaults(run=profile_command)
+    p.set_defaults(run=lambda a: commands.profile_model(a.backbone, a.image_size, a.bench_json))
 
-    p = commands_.add_parser("synth-data", help="write a generated dataset in the MVTec AD layout",
-                             formatter_class=fmt)
+
+def _add_synth_data(subparsers) -> None:
+    p = subparsers.add_parser("synth-data", help="write a generated dataset in the MVTec AD layout",
+                              formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--category", default="disc", help="category folder name")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(run=lambda a: commands.synth_data(a.out, a.category, a.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sacd-fast", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sacd-fast {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_predict, _add_export, _add_demo, _add_profile, _add_synth_data):
+        add(subparsers)
     return parser
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,10 +34,11 @@ from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inpu
                                           write_heatmaps, write_json)
 from sacd_fast.evaluation.report import write_report
 from sacd_fast.files import exclusive_folder, write_text
+from sacd_fast.network.config import TEACHER_INPUTS
 from sacd_fast.network.model import SACD
-from sacd_fast.network.teacher import TEACHER_INPUTS
+from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.training.train import PRECISIONS, TrainSettings, fit
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -108,7 +110,7 @@ def start_distributed(device: torch.device) -> torch.device:
 def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | None = None,
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
-          false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", fast: bool = False,
+          false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "fp32",
           progress: bool = True, teacher_input: str = "imagenet") -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
@@ -129,9 +131,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     device = resolve_device(device)
-    if fast and device.type != "cuda":
-        say("--fast on this CPU: training under bf16 autocast" if native_bf16() else
-            "--fast changes nothing when training on this CPU: it has no native bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device.type != "cuda":
+        say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
+            "training in fp32: this CPU has no native bf16")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         device = start_distributed(device)
@@ -139,18 +143,18 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
         if dist.is_initialized() and dist.get_rank() != 0:
             _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size, batch_size, seed,
-                   val_fraction, workers, false_alarm_rate, device, fast, progress=False)
+                   val_fraction, workers, false_alarm_rate, device, precision, progress=False)
             return None
         with exclusive_folder(out, "sacd-fast train"):
             return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size,
-                          batch_size, seed, val_fraction, workers, false_alarm_rate, device, fast, progress)
+                          batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress)
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, epochs, image_size,
-           batch_size, seed, val_fraction, workers, false_alarm_rate, device, fast, progress) -> dict | None:
+           batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress) -> dict | None:
     dataset.check(progress)
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
@@ -181,7 +185,8 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
         return {"thresholds": values}
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
-        log=log, fast=fast, progress=progress, provenance=data_provenance(dataset, train_idx), finalize=thresholds)
+        log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
+        finalize=thresholds)
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
     payload = load_checkpoint(checkpoint)
@@ -238,7 +243,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | 
     device = resolve_device(device)
     out = Path(out)
     model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
-    dataset = AnomalyDataset(data, category, "test", model.config["image_size"])
+    dataset = AnomalyDataset(data, category, "test", model.config.image_size)
     with exclusive_folder(out, "sacd-fast eval"):
         dataset.check(progress)
         result = predict_dataset(model, dataset, batch_size, device, progress)
@@ -290,7 +295,7 @@ def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: 
     device = resolve_device(device)
     out = Path(out)
     model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
-    images = ImageFiles(paths, model.config["image_size"])
+    images = ImageFiles(paths, model.config.image_size)
     with exclusive_folder(out, "sacd-fast predict"):
         images.check(progress)
         result = predict_dataset(model, images, batch_size, device, progress)
@@ -317,7 +322,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, forma
     with exclusive_folder(out, "sacd-fast export"):
         path = export(model, Path(out) / "model", format, batch, precision, thresholds)
     say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, "
-        f"{model.config['image_size']}x{model.config['image_size']} images)")
+        f"{model.config.image_size}x{model.config.image_size} images)")
     return path
 
 
@@ -330,8 +335,9 @@ def synth_data(out: str | os.PathLike, category: str = "disc", seed: int = 0) ->
 
 
 def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: int = 256, seed: int = 0,
-         batch_size: int = 8, device: str = "auto") -> dict:
-    """Generate data, train the Lite0 model, evaluate it: metrics.json and heatmaps in ``out``."""
+         batch_size: int = 8, device: str = "auto", precision: str = "bf16") -> dict:
+    """Generate data, train the Lite0 model, evaluate it: metrics.json and heatmaps in ``out``.
+    It trains in ``precision`` (bf16: on CUDA and on CPUs with native bf16, else fp32)."""
     out = Path(out)
     root = out / "data"
     say(f"sacd-fast demo: a generated product (discs with scratches, cracks, holes, stains and missing pieces) "
@@ -346,5 +352,37 @@ def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: 
         say(f"reusing {checkpoint}: training continues from it if it has fewer than {epochs} epochs")
     common = dict(category="disc", batch_size=batch_size, device=device)
     train(root, out, backbone=DEMO_BACKBONE, teacher_weights="imagenet", epochs=epochs, image_size=image_size,
-          seed=seed, **common)
+          seed=seed, precision=precision, **common)
     return evaluate(checkpoint, root, out, report=True, **common)
+
+
+def profile_model(backbone: str, image_size: int = 256, bench_json: str | os.PathLike | None = None) -> dict:
+    """Print parameters and FLOPs per part (fvcore) and, given a pytest-benchmark
+    JSON of ``pytest bench/``, the multiply-adds per second its model and part
+    cases reached at this backbone and size."""
+    check_image_size(image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random teacher counts the same
+        model = SACD(backbone, teacher_weights=None, image_size=image_size)
+    report = profile(model, image_size)
+    flops = {part: report[part]["flops"] for part in PARTS}
+    flops["anomaly_map"] = anomaly_map_flops(model, image_size)
+    flops["total"] = report["total"]["flops"] + flops["anomaly_map"]
+    rows = [(part, report[part]["params"], report[part]["flops"]) for part in PARTS]
+    rows += [("anomaly map", 0, flops["anomaly_map"]), ("total", report["total"]["params"], flops["total"])]
+    print(f"{backbone} at {image_size}x{image_size}, per image (1 flop = 1 multiply-add)")
+    print(f"{'part':<12} {'params (M)':>11} {'GFLOPs':>9}")
+    for name, params, part_flops in rows:
+        print(f"{name:<12} {params / 1e6:>11.2f} {part_flops / 1e9:>9.3f}")
+    if bench_json:
+        for bench in json.loads(Path(bench_json).read_text()).get("benchmarks", []):
+            params, info = bench.get("params") or {}, bench.get("extra_info") or {}
+            if params.get("backbone") != backbone or params.get("size") != image_size:
+                continue
+            # test_inference times the whole model; test_part one part
+            part = "total" if bench.get("name", "").startswith("test_inference") else params.get("part")
+            if part in flops and "items_per_s" in info:
+                rate = info["items_per_s"]
+                print(f"{bench['name']} {info['provider']}: {rate:,.0f} images/s = "
+                      f"{rate * flops[part] / 1e12:.3f} T multiply-adds/s")
+    return report

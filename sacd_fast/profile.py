@@ -2,7 +2,7 @@
 
 fvcore counts one multiply-add as one flop. For WideResNet-50-2 at 256² this
 gives teacher 12.0 G, OCBE 7.3 G, decoder 11.2 G, FeaCali 9.1 G per image
-(SACD.md's sizes), and 24.9 M, 58.9 M, 24.9 M, 15.5 M parameters.
+(docs/method.md's sizes), and 24.9 M, 58.9 M, 24.9 M, 15.5 M parameters.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def anomaly_map_flops(model: SACD, image_size: int) -> int:
     with torch.no_grad():
         features = model.teacher(torch.zeros(1, 3, image_size, image_size, device=device))
     pixels = image_size * image_size
-    radius = gaussian_radius(model.config["sigma"])
+    radius = gaussian_radius(model.config.sigma)
     return sum(3 * f[0].numel() for f in features) + 4 * len(features) * pixels + 2 * (2 * radius + 1) * pixels
 
 
@@ -42,7 +42,7 @@ def profile(model: SACD, image_size: int | None = None) -> dict[str, dict[str, i
     """``{part: {"params": int, "flops": int}}`` for teacher, ocbe, decoder,
     feacali and total, for one image of side ``image_size`` (default: the
     model's)."""
-    size = image_size or model.config["image_size"]
+    size = image_size or model.config.image_size
     device = next(model.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
     was_training = model.training

@@ -52,7 +52,7 @@ def images(demo_images, n, seed=0):
 def test_exported_pipeline_matches_pytorch(model, format, demo_images, tmp_path):
     path = export(model, tmp_path / "m", format, batch=None, thresholds=THRESHOLDS)
     inferencer = Inferencer(path)
-    assert inferencer.image_size == 64 and inferencer.thresholds["image"] == 0.5
+    assert inferencer.config.image_size == 64 and inferencer.thresholds["image"] == 0.5
     for n in (1, 3):  # a dynamic batch takes any size
         x = images(demo_images, n, seed=n)
         expected = model.predict(x)
@@ -74,7 +74,7 @@ def test_onnx_file_is_checked_named_and_self_describing(model, tmp_path):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["sacd_fast.image_size"] == "64" and meta["sacd_fast.batch"] == "2"
     assert json.loads(meta["sacd_fast.thresholds"])["image"] == 0.5
-    assert json.loads(meta["sacd_fast.config"])["backbone"] == model.config["backbone"]
+    assert json.loads(meta["sacd_fast.config"])["backbone"] == model.config.backbone
     ops = {node.op_type for node in proto.graph.node}
     assert {"Conv", "InstanceNormalization", "Resize", "Gather", "ReduceMax"} <= ops
     assert not ops & {"Mod", "Range", "Where", "Loop", "If"}  # no index arithmetic left in the graph

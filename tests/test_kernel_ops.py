@@ -44,7 +44,7 @@ def test_compiled_graph_calls_the_kernels_only_inside_the_block(monkeypatch):
     with torch.no_grad():
         expected = reference.cosine_anomaly_map(
             [t.double() for t in teacher],
-            [f.double()(s.double()) for f, s in zip(model.feacali, student)], (64, 64), model.config["sigma"])
+            [f.double()(s.double()) for f, s in zip(model.feacali, student)], (64, 64), model.config.sigma)
     model.float()
 
     calls = []
@@ -56,7 +56,7 @@ def test_compiled_graph_calls_the_kernels_only_inside_the_block(monkeypatch):
         # Doubling is invisible to the cosine, and makes inductor read the op's
         # output with the strides its fake implementation promised.
         calibrated = [2 * f(s) for f, s in zip(model.feacali, student)]
-        return kernels.cosine_anomaly_map(teacher, calibrated, (64, 64), model.config["sigma"])
+        return kernels.cosine_anomaly_map(teacher, calibrated, (64, 64), model.config.sigma)
 
     compiled = torch.compile(maps, fullgraph=True)
     with torch.no_grad():

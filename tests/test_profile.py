@@ -10,7 +10,7 @@ from sacd_fast.cli import main
 
 pytest.importorskip("fvcore")
 
-# SACD.md, at 256²: multiply-adds (G) and parameters (M) per part.
+# docs/method.md, at 256²: multiply-adds (G) and parameters (M) per part.
 SACD_MD = {"teacher": (12.0, 24.9), "ocbe": (7.3, 58.9), "decoder": (11.1, 24.9), "feacali": (9.1, 15.5)}
 
 
@@ -38,17 +38,18 @@ def test_profile_command_prints_a_table(capsys):
 
 
 def test_profile_command_turns_bench_rates_into_multiply_adds_per_second(tmp_path, capsys):
-    cases = {"test_inference[backbone=resnet18,batch=4,size=64]": 100.0,
-             "test_part[backbone=resnet18,part=feacali,size=64]": 1000.0,
-             "test_part[backbone=resnet18,part=teacher,size=128]": 5.0}  # another size: not reported
-    bench = {"benchmarks": [{"extra_info": {"case": case, "provider": "fast", "items_per_s": rate}}
-                            for case, rate in cases.items()]}
+    """Read from a pytest-benchmark JSON: each case's params pick the model's flops."""
+    cases = [("test_inference[fast-4-resnet18-64]", dict(backbone="resnet18", batch=4, size=64), 100.0),
+             ("test_part[fast-resnet18-feacali-64]", dict(backbone="resnet18", part="feacali", size=64), 1000.0),
+             ("test_part[fast-resnet18-teacher-128]", dict(backbone="resnet18", part="teacher", size=128), 5.0)]
+    bench = {"benchmarks": [{"name": name, "params": {"provider": "fast", **params},
+                             "extra_info": {"provider": "fast", "items_per_s": rate}} for name, params, rate in cases]}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     assert main(["profile", "--backbone", "resnet18", "--image-size", "64",
                  "--bench-json", str(tmp_path / "bench.json")]) == 0
     out = capsys.readouterr().out
     report = sacd_fast.profile(random_teacher_model("resnet18", 64))
     feacali = f"{1000.0 * report['feacali']['flops'] / 1e12:.3f} T multiply-adds/s"
-    assert f"part=feacali,size=64] fast: 1,000 images/s = {feacali}" in out
-    assert "test_inference[backbone=resnet18,batch=4,size=64] fast: 100 images/s" in out
-    assert "size=128" not in out
+    assert f"test_part[fast-resnet18-feacali-64] fast: 1,000 images/s = {feacali}" in out
+    assert "test_inference[fast-4-resnet18-64] fast: 100 images/s" in out
+    assert "teacher-128" not in out  # another size

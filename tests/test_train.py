@@ -1,15 +1,22 @@
 """Training loop, atomic checkpoints and exact resume."""
 
+import gzip
+import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import random_teacher_model
 from torch.utils.data import Dataset
 
-from sacd_fast import SACD
+from sacd_fast import SACD, SACDConfig, normalize
+from sacd_fast.cpu import native_bf16
+from sacd_fast.deploy.inference import load_for_inference
 from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.training.train import TrainSettings, build_optimizer, fit, train_step
+
+DATA = Path(__file__).parent / "data"
 
 SETTINGS = TrainSettings(epochs=2, batch_size=3, seed=3)
 
@@ -85,7 +92,7 @@ def test_bad_checkpoints_are_named(tmp_path):
     model = fresh_model()
     state = model.state_dict()
     state.pop("decoder.layer1.0.bn1.weight")
-    save_checkpoint({"config": model.config, "state_dict": state}, tmp_path / "partial.pt")
+    save_checkpoint({"config": model.config.to_dict(), "state_dict": state}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"decoder\.layer1\.0\.bn1\.weight"):
         SACD.from_checkpoint(tmp_path / "partial.pt")
 
@@ -122,3 +129,50 @@ def test_the_teacher_cache_stays_within_its_budget():
     again = cache(x[:2], [0, 1])  # all cached: no teacher pass, the same values
     for a, b in zip(first, again):
         assert torch.equal(a[:2], b)
+
+
+def test_training_loss_falls():
+    model = random_teacher_model("resnet18", 64)
+    optimizer = build_optimizer(model, TrainSettings())
+    x01 = torch.rand(4, 3, 64, 64)
+    seeds = torch.arange(4)
+    model.train()
+    losses = [train_step(model, optimizer, x01, seeds) for _ in range(6)]
+    assert losses[-1]["total"] < 0.8 * losses[0]["total"]
+    assert losses[-1]["kd"] < losses[0]["kd"] and losses[-1]["intra"] < losses[0]["intra"]
+    for record in losses:
+        assert record["total"] == pytest.approx(record["kd"] + 0.2 * record["intra"], rel=1e-5)
+
+
+def test_bf16_training_on_cpu_where_the_cpu_has_it():
+    """precision="bf16" on a CPU: bf16 autocast where bf16 is native (a different,
+    finite run), and the fp32 run unchanged where it is not."""
+    data = torch.rand(4, 3, 64, 64)
+    histories = []
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(5)
+        model = random_teacher_model("resnet18", 64)
+        histories.append(fit(model, data, TrainSettings(epochs=2, batch_size=2), progress=False, precision=precision))
+    if native_bf16():
+        assert histories[0] != histories[1]
+        assert all(math.isfinite(h["total"]) for h in histories[1])
+        assert abs(histories[1][-1]["total"] - histories[0][-1]["total"]) <= 0.1 * histories[0][-1]["total"]
+    else:
+        assert histories[0] == histories[1]
+
+
+def test_a_checkpoint_written_by_version_0_1_0_loads(tmp_path):
+    """A checkpoint from the first release (config as a plain dict, every key
+    of the time), written by its ``sacd-fast train`` and kept gzipped: its
+    weights are a fixed pattern, so the file is small. It loads, keeps its
+    config and thresholds, and predicts what that version predicted."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(gzip.decompress((DATA / "checkpoint_1ea1d38.pt.gz").read_bytes()))
+    model = SACD.from_checkpoint(path)
+    assert model.config == SACDConfig("efficientnet_lite0", 64)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    prediction = model.predict(normalize(x))
+    torch.testing.assert_close(prediction.scores, torch.tensor([5.128260135650635] * 2), rtol=1e-5, atol=0)
+    assert float(prediction.maps.double().sum()) == pytest.approx(27251.32675933838, rel=1e-5)
+    _, thresholds = load_for_inference(path, "cpu")
+    assert thresholds["image"] == load_checkpoint(path)["thresholds"]["image"] > 0

@@ -1,4 +1,4 @@
-"""Triton kernels for the multi-scale cosine anomaly map (SACD.md, Inference).
+"""Triton kernels for the multi-scale cosine anomaly map (docs/method.md, Inference).
 
 Three steps, each a single pass over its data:
 

@@ -1,5 +1,5 @@
 """Triton kernels for FeaCali's conv3x3 -> InstanceNorm -> LeakyReLU blocks
-(SACD.md, Architecture 4).
+(docs/method.md, Architecture 4).
 
 Inference, a whole stack of blocks:
 

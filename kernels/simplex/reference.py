@@ -50,23 +50,15 @@ def simplex_permutations(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return perm, (perm % len(GRADIENTS_3D)) * 3
 
 
-def _corner_offsets(xins, yins, zins):
-    """The region test and the two 'extra' lattice vertices of legacy 3-D OpenSimplex.
+def _bits(c):
+    """The x, y and z flags of a vertex code (bit 0: x, bit 1: y, bit 2: z)."""
+    return (c & 1) != 0, (c & 2) != 0, (c & 4) != 0
 
-    Returns ``region`` (0: tetrahedron at (0,0,0), 1: tetrahedron at (1,1,1),
-    2: the octahedron between) and the integer offsets (relative to the
-    rhombohedron origin) of the two extra vertices, each a tuple of three int64
-    tensors. This is opensimplex's branch tree written with ``torch.where``.
-    """
+
+def _tetrahedron_0_extras(xins, yins, zins, in_sum, one):
+    """Region 0 (the tetrahedron at the origin): the two extra vertices that the
+    closest two of (1,0,0), (0,1,0), (0,0,1) decide."""
     w = torch.where
-    in_sum = xins + yins + zins
-    one = torch.ones_like(xins, dtype=torch.int64)
-    zero = torch.zeros_like(one)
-
-    def bits(c):
-        return (c & 1) != 0, (c & 2) != 0, (c & 4) != 0
-
-    # Region 0: the two closest of (1,0,0), (0,1,0), (0,0,1).
     a_s, b_s = xins, yins
     a_p, b_p = one * 1, one * 2
     up_b = (a_s >= b_s) & (zins > b_s)
@@ -75,17 +67,18 @@ def _corner_offsets(xins, yins, zins):
     a_s, a_p = w(up_a, zins, a_s), w(up_a, 4, a_p)
     wins = 1 - in_sum
     near_origin = (wins > a_s) | (wins > b_s)
-    c = w(b_s > a_s, b_p, a_p)
-    cx, cy, cz = bits(c)
-    r0_near = (
-        (w(cx, 1, -1), w(cy, 1, w(cx, -1, 0)), w(cz, 1, 0)),
-        (w(cx, 1, 0), w(cy, 1, w(cx, 0, -1)), w(cz, 1, -1)),
-    )
-    cx, cy, cz = bits(a_p | b_p)
-    r0_far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 1, -1), w(cy, 1, -1), w(cz, 1, -1)))
-    r0 = tuple(tuple(w(near_origin, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(r0_near, r0_far))
+    cx, cy, cz = _bits(w(b_s > a_s, b_p, a_p))
+    near = ((w(cx, 1, -1), w(cy, 1, w(cx, -1, 0)), w(cz, 1, 0)),
+            (w(cx, 1, 0), w(cy, 1, w(cx, 0, -1)), w(cz, 1, -1)))
+    cx, cy, cz = _bits(a_p | b_p)
+    far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 1, -1), w(cy, 1, -1), w(cz, 1, -1)))
+    return tuple(tuple(w(near_origin, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(near, far))
 
-    # Region 1: the two closest of (1,1,0), (1,0,1), (0,1,1).
+
+def _tetrahedron_1_extras(xins, yins, zins, in_sum, one):
+    """Region 1 (the tetrahedron at (1,1,1)): the two extra vertices that the
+    closest two of (1,1,0), (1,0,1), (0,1,1) decide."""
+    w = torch.where
     a_s, b_s = xins, yins
     a_p, b_p = one * 6, one * 5
     up_b = (a_s <= b_s) & (zins < b_s)
@@ -94,17 +87,19 @@ def _corner_offsets(xins, yins, zins):
     a_s, a_p = w(up_a, zins, a_s), w(up_a, 3, a_p)
     wins = 3 - in_sum
     near_corner = (wins < a_s) | (wins < b_s)
-    c = w(b_s < a_s, b_p, a_p)
-    cx, cy, cz = bits(c)
-    r1_near = (
-        (w(cx, 2, 0), w(cy, w(cx, 1, 2), 0), w(cz, 1, 0)),
-        (w(cx, 1, 0), w(cy, w(cx, 2, 1), 0), w(cz, 2, 0)),
-    )
-    cx, cy, cz = bits(a_p & b_p)
-    r1_far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 2, 0), w(cy, 2, 0), w(cz, 2, 0)))
-    r1 = tuple(tuple(w(near_corner, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(r1_near, r1_far))
+    cx, cy, cz = _bits(w(b_s < a_s, b_p, a_p))
+    near = ((w(cx, 2, 0), w(cy, w(cx, 1, 2), 0), w(cz, 1, 0)),
+            (w(cx, 1, 0), w(cy, w(cx, 2, 1), 0), w(cz, 2, 0)))
+    cx, cy, cz = _bits(a_p & b_p)
+    far = ((w(cx, 1, 0), w(cy, 1, 0), w(cz, 1, 0)), (w(cx, 2, 0), w(cy, 2, 0), w(cz, 2, 0)))
+    return tuple(tuple(w(near_corner, n, f) for n, f in zip(vn, vf)) for vn, vf in zip(near, far))
 
-    # Region 2 (octahedron): closest of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1).
+
+def _octahedron_extras(xins, yins, zins, one):
+    """Region 2 (the octahedron between): the two extra vertices that the closest
+    of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1) decides."""
+    w = torch.where
+    zero = one * 0
     p1, p2, p3 = xins + yins, xins + zins, yins + zins
     a_far, b_far = p1 > 1, p2 > 1
     a_s, a_p = w(a_far, p1 - 1, 1 - p1), w(a_far, 3, 4)
@@ -118,11 +113,11 @@ def _corner_offsets(xins, yins, zins):
     b_p, b_far = w(swap_b, p3_point, b_p), w(swap_b, p3_far, b_far)
 
     def minus_one_vertex(c):  # the permutation of (1,1,-1) with -1 on the first axis c lacks
-        cx, cy, _ = bits(c)
+        cx, cy, _ = _bits(c)
         return (w(~cx, -1, 1), w(cx & ~cy, -1, 1), w(cx & cy, -1, 1))
 
     def two_vertex(c):  # the permutation of (0,0,2) on the first axis c has
-        cx, cy, _ = bits(c)
+        cx, cy, _ = _bits(c)
         return (w(cx, 2, 0), w(~cx & cy, 2, 0), w(~cx & ~cy, 2, 0))
 
     same = a_far == b_far
@@ -132,14 +127,29 @@ def _corner_offsets(xins, yins, zins):
     ext0_far, ext1_far = (one, one, one), two_vertex(a_p & b_p)
     ext0_near, ext1_near = (zero, zero, zero), minus_one_vertex(a_p | b_p)
     ext0_mixed, ext1_mixed = minus_one_vertex(c1), two_vertex(c2)
-    r2 = tuple(
+    return tuple(
         tuple(w(both_far, f, w(both_near, n, m)) for f, n, m in zip(vf, vn, vm))
         for vf, vn, vm in ((ext0_far, ext0_near, ext0_mixed), (ext1_far, ext1_near, ext1_mixed))
     )
 
-    region = w(in_sum <= 1, zero, w(in_sum >= 2, one, 2 * one))
+
+def _corner_offsets(xins, yins, zins):
+    """The region test and the two 'extra' lattice vertices of legacy 3-D OpenSimplex.
+
+    Returns ``region`` (0: tetrahedron at (0,0,0), 1: tetrahedron at (1,1,1),
+    2: the octahedron between) and the integer offsets (relative to the
+    rhombohedron origin) of the two extra vertices, each a tuple of three int64
+    tensors. This is opensimplex's branch tree written with ``torch.where``:
+    each region's vertices are computed everywhere, then picked by region.
+    """
+    in_sum = xins + yins + zins
+    one = torch.ones_like(xins, dtype=torch.int64)
+    r0 = _tetrahedron_0_extras(xins, yins, zins, in_sum, one)
+    r1 = _tetrahedron_1_extras(xins, yins, zins, in_sum, one)
+    r2 = _octahedron_extras(xins, yins, zins, one)
+    region = torch.where(in_sum <= 1, 0 * one, torch.where(in_sum >= 2, one, 2 * one))
     ext = tuple(
-        tuple(w(region == 0, a, w(region == 1, b, cc)) for a, b, cc in zip(v0, v1, v2))
+        tuple(torch.where(region == 0, a, torch.where(region == 1, b, c)) for a, b, c in zip(v0, v1, v2))
         for v0, v1, v2 in zip(r0, r1, r2)
     )
     return region, ext

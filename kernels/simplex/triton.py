@@ -1,4 +1,4 @@
-"""Triton kernels for OpenSimplex noise and anomaly synthesis (SACD.md,
+"""Triton kernels for OpenSimplex noise and anomaly synthesis (docs/method.md,
 "Anomaly synthesis").
 
 * ``_permutation_kernel``: opensimplex's seeded permutation tables, one
@@ -37,6 +37,7 @@ _NORM_3D = tl.constexpr(reference.NORM_3D)
 _GEOMETRY_SALT = tl.constexpr(reference.GEOMETRY_SALT)
 _DRAW_SHIFT = tl.constexpr(reference.DRAW_SHIFT)
 _DRAW_MASK = tl.constexpr(reference.DRAW_MASK)
+_GRADIENTS = tl.constexpr(len(GRADIENTS_3D))  # gradient vectors in the table
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def _permutation_kernel(seeds_ptr, perm_ptr, grad_index_ptr):
         perm = tl.where(o == i, picked, perm)
         source = tl.where(o == r, last, source)
     tl.store(perm_ptr + i_b * 256 + o, perm.to(tl.int32))
-    tl.store(grad_index_ptr + i_b * 256 + o, ((perm % 24) * 3).to(tl.int32))
+    tl.store(grad_index_ptr + i_b * 256 + o, ((perm % _GRADIENTS) * 3).to(tl.int32))
 
 
 @triton.jit
@@ -83,26 +84,9 @@ def _contribution(dx0, dy0, dz0, xsb, ysb, zsb, i, j, k, p_perm, p_grad, p_vecto
 
 
 @triton.jit
-def _noise3(x, y, z, p_perm, p_grad, p_vectors):
-    """Legacy OpenSimplex noise3 (opensimplex's branch tree with tl.where)."""
-    stretch = (x + y + z) * _STRETCH_3D
-    xsf = tl.floor(x + stretch)
-    ysf = tl.floor(y + stretch)
-    zsf = tl.floor(z + stretch)
-    squish = (xsf + ysf + zsf) * _SQUISH_3D
-    dx0 = x - (xsf + squish)
-    dy0 = y - (ysf + squish)
-    dz0 = z - (zsf + squish)
-    xins = x + stretch - xsf
-    yins = y + stretch - ysf
-    zins = z + stretch - zsf
-    xsb = xsf.to(tl.int32)
-    ysb = ysf.to(tl.int32)
-    zsb = zsf.to(tl.int32)
-    in_sum = xins + yins + zins
-    zero = tl.zeros(x.shape, dtype=tl.int32)
-
-    # Region 0 (tetrahedron at the origin): the closest two of (1,0,0), (0,1,0), (0,0,1).
+def _tetrahedron_0_extras(xins, yins, zins, in_sum, zero):
+    """The two extra vertices in region 0 (the tetrahedron at the origin): the
+    closest two of (1,0,0), (0,1,0), (0,0,1) decide them."""
     a_s = xins
     b_s = yins
     a_p = zero + 1
@@ -128,8 +112,13 @@ def _noise3(x, y, z, p_perm, p_grad, p_vectors):
     r0x1 = tl.where(near, tl.where(cx, 1, 0), tl.where(dx_, 1, -1))
     r0y1 = tl.where(near, tl.where(cy, 1, tl.where(cx, 0, -1)), tl.where(dy_, 1, -1))
     r0z1 = tl.where(near, tl.where(cz, 1, -1), tl.where(dz_, 1, -1))
+    return r0x0, r0y0, r0z0, r0x1, r0y1, r0z1
 
-    # Region 1 (tetrahedron at (1,1,1)): the closest two of (1,1,0), (1,0,1), (0,1,1).
+
+@triton.jit
+def _tetrahedron_1_extras(xins, yins, zins, in_sum, zero):
+    """The two extra vertices in region 1 (the tetrahedron at (1,1,1)): the
+    closest two of (1,1,0), (1,0,1), (0,1,1) decide them."""
     a_s = xins
     b_s = yins
     a_p = zero + 6
@@ -155,8 +144,13 @@ def _noise3(x, y, z, p_perm, p_grad, p_vectors):
     r1x1 = tl.where(near, tl.where(cx, 1, 0), tl.where(dx_, 2, 0))
     r1y1 = tl.where(near, tl.where(cy, tl.where(cx, 2, 1), 0), tl.where(dy_, 2, 0))
     r1z1 = tl.where(near, tl.where(cz, 2, 0), tl.where(dz_, 2, 0))
+    return r1x0, r1y0, r1z0, r1x1, r1y1, r1z1
 
-    # Region 2 (octahedron): closest of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1).
+
+@triton.jit
+def _octahedron_extras(xins, yins, zins):
+    """The two extra vertices in region 2 (the octahedron between): the closest
+    of the pairs (0,0,1)/(1,1,0), (0,1,0)/(1,0,1), (1,0,0)/(0,1,1) decide them."""
     p1 = xins + yins
     p2 = xins + zins
     p3 = yins + zins
@@ -192,6 +186,32 @@ def _noise3(x, y, z, p_perm, p_grad, p_vectors):
     r2x1 = tl.where(both_near, tl.where(mx, 1, -1), tl.where(nx, 2, 0))
     r2y1 = tl.where(both_near, tl.where(mx & ~my, -1, 1), tl.where(~nx & ny, 2, 0))
     r2z1 = tl.where(both_near, tl.where(mx & my, -1, 1), tl.where(~nx & ~ny, 2, 0))
+    return r2x0, r2y0, r2z0, r2x1, r2y1, r2z1
+
+
+@triton.jit
+def _noise3(x, y, z, p_perm, p_grad, p_vectors):
+    """Legacy OpenSimplex noise3 (opensimplex's branch tree with tl.where)."""
+    stretch = (x + y + z) * _STRETCH_3D
+    xsf = tl.floor(x + stretch)
+    ysf = tl.floor(y + stretch)
+    zsf = tl.floor(z + stretch)
+    squish = (xsf + ysf + zsf) * _SQUISH_3D
+    dx0 = x - (xsf + squish)
+    dy0 = y - (ysf + squish)
+    dz0 = z - (zsf + squish)
+    xins = x + stretch - xsf
+    yins = y + stretch - ysf
+    zins = z + stretch - zsf
+    xsb = xsf.to(tl.int32)
+    ysb = ysf.to(tl.int32)
+    zsb = zsf.to(tl.int32)
+    in_sum = xins + yins + zins
+    zero = tl.zeros(x.shape, dtype=tl.int32)
+
+    r0x0, r0y0, r0z0, r0x1, r0y1, r0z1 = _tetrahedron_0_extras(xins, yins, zins, in_sum, zero)
+    r1x0, r1y0, r1z0, r1x1, r1y1, r1z1 = _tetrahedron_1_extras(xins, yins, zins, in_sum, zero)
+    r2x0, r2y0, r2z0, r2x1, r2y1, r2z1 = _octahedron_extras(xins, yins, zins)
 
     region0 = in_sum <= 1
     region1 = in_sum >= 2

@@ -1,4 +1,4 @@
-"""Datasets in the MVTec AD, BTAD and generic folder layouts (SACD.md, Data).
+"""Datasets in the MVTec AD, BTAD and generic folder layouts (README, Data).
 
 One rule covers all three. A dataset folder holds ``train/<good>`` (defect-free
 images), ``test/<label>`` (``<good>`` plus one folder per defect class) and,

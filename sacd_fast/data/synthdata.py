@@ -18,7 +18,6 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-DEFECTS = ("scratch", "crack", "hole", "stain", "missing")
 SIZE = 256
 
 
@@ -38,87 +37,103 @@ def _stroke(points: np.ndarray, width: float) -> np.ndarray:
     return mask
 
 
-class DiscFactory:
-    """Draws normal discs and defects; every call takes its own random generator."""
+def normal_disc(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A normal image (SIZE, SIZE, 3) float in [0, 1] and its geometry."""
+    yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float64)
+    cy, cx = SIZE / 2 + rng.uniform(-10, 10, 2)
+    radius = SIZE * rng.uniform(0.33, 0.37)
+    r = np.hypot(yy - cy, xx - cx)
+    inside = np.clip(radius - r + 0.5, 0, 1)  # anti-aliased edge
+    base = np.array([0.78, 0.64, 0.47]) * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03, 3)
+    texture = 0.035 * _smooth_noise(rng, 1.2) + 0.012 * _smooth_noise(rng, 0.6)  # grain + sensor noise
+    light = rng.uniform(-1, 1, 2)
+    shading = 1 + 0.12 * ((yy - cy) * light[0] + (xx - cx) * light[1]) / radius
+    groove = 1 - 0.18 * np.exp(-((r - 0.62 * radius) / 1.6) ** 2)
+    angle = rng.uniform(0, 2 * np.pi)  # an embossed bar through the centre, at any angle
+    along = (yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+    across = -(yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+    mark = 1 + 0.08 * np.exp(-(across / 3.0) ** 2) * (np.abs(along) < 0.4 * radius)
+    disc = base * (shading * groove * mark * (1 + texture))[..., None]
+    background = 0.16 + 0.015 * _smooth_noise(rng, 2.0)[..., None] + np.zeros(3)
+    image = inside[..., None] * disc + (1 - inside[..., None]) * background
+    return np.clip(image, 0, 1), {"cy": cy, "cx": cx, "radius": radius, "background": background}
 
-    def normal(self, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-        """A normal image (SIZE, SIZE, 3) float in [0, 1] and its geometry."""
-        yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float64)
-        cy, cx = SIZE / 2 + rng.uniform(-10, 10, 2)
-        radius = SIZE * rng.uniform(0.33, 0.37)
-        r = np.hypot(yy - cy, xx - cx)
-        inside = np.clip(radius - r + 0.5, 0, 1)  # anti-aliased edge
-        base = np.array([0.78, 0.64, 0.47]) * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03, 3)
-        texture = 0.035 * _smooth_noise(rng, 1.2) + 0.012 * _smooth_noise(rng, 0.6)  # grain + sensor noise
-        light = rng.uniform(-1, 1, 2)
-        shading = 1 + 0.12 * ((yy - cy) * light[0] + (xx - cx) * light[1]) / radius
-        groove = 1 - 0.18 * np.exp(-((r - 0.62 * radius) / 1.6) ** 2)
-        angle = rng.uniform(0, 2 * np.pi)  # an embossed bar through the centre, at any angle
-        along = (yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
-        across = -(yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
-        mark = 1 + 0.08 * np.exp(-(across / 3.0) ** 2) * (np.abs(along) < 0.4 * radius)
-        disc = base * (shading * groove * mark * (1 + texture))[..., None]
-        background = 0.16 + 0.015 * _smooth_noise(rng, 2.0)[..., None] + np.zeros(3)
-        image = inside[..., None] * disc + (1 - inside[..., None]) * background
-        return np.clip(image, 0, 1), {"cy": cy, "cx": cx, "radius": radius, "background": background}
 
-    def _point_inside(self, rng, g, margin):
-        rho = g["radius"] * np.sqrt(rng.uniform(0, (1 - margin) ** 2))
-        phi = rng.uniform(0, 2 * np.pi)
-        return np.array([g["cy"] + rho * np.sin(phi), g["cx"] + rho * np.cos(phi)])
+def _point_inside(rng, g, margin):
+    rho = g["radius"] * np.sqrt(rng.uniform(0, (1 - margin) ** 2))
+    phi = rng.uniform(0, 2 * np.pi)
+    return np.array([g["cy"] + rho * np.sin(phi), g["cx"] + rho * np.cos(phi)])
 
-    def defect(self, kind: str, image: np.ndarray, g: dict, rng: np.random.Generator):
-        """Add one defect of ``kind`` to ``image`` in place; returns its boolean mask."""
-        if kind == "scratch":
-            start = self._point_inside(rng, g, 0.35)
-            direction = rng.normal(size=2)
-            direction /= np.linalg.norm(direction)
-            length = rng.uniform(30, 55)
-            bend = rng.uniform(-8, 8) * np.array([-direction[1], direction[0]])
-            t = np.linspace(0, 1, 12)[:, None]
-            points = start + t * length * direction + 4 * t * (1 - t) * bend
-            mask = _stroke(points, rng.uniform(2.0, 3.0))
-            image[mask] = np.clip(image[mask] * 1.22 + 0.03, 0, 1)
-        elif kind == "crack":
-            point = self._point_inside(rng, g, 0.3)
-            heading = rng.uniform(0, 2 * np.pi)
-            points = [point]
-            for _ in range(rng.integers(8, 13)):
-                heading += rng.normal(0, 0.6)
-                point = point + rng.uniform(3, 5) * np.array([np.sin(heading), np.cos(heading)])
-                points.append(point)
-            mask = _stroke(np.array(points), rng.uniform(1.2, 2.0))
-            image[mask] *= 0.62
-        elif kind == "hole":
-            cy, cx = self._point_inside(rng, g, 0.25)
-            rad = rng.uniform(4, 6.5)
-            yy, xx = np.mgrid[:SIZE, :SIZE]
-            d = np.hypot(yy - cy, xx - cx)
-            mask = d <= rad + 1
-            image[d <= rad] *= 0.35
-            rim = (d > rad) & (d <= rad + 1)
-            image[rim] *= 1.12
-        elif kind == "stain":
-            cy, cx = self._point_inside(rng, g, 0.3)
-            rad = rng.uniform(9, 15)
-            yy, xx = np.mgrid[:SIZE, :SIZE]
-            blob = rad - np.hypot(yy - cy, xx - cx) + 3 * _smooth_noise(rng, 4.0)
-            alpha = np.clip(blob / 3, 0, 1)
-            mask = alpha > 0.5
-            tint = np.array([0.84, 0.88, 0.78]) * rng.uniform(0.95, 1.02)
-            image[:] = image * (1 - alpha[..., None]) + image * tint * alpha[..., None]
-        elif kind == "missing":
-            phi = rng.uniform(0, 2 * np.pi)
-            bite = rng.uniform(12, 18)
-            cy = g["cy"] + g["radius"] * np.sin(phi)
-            cx = g["cx"] + g["radius"] * np.cos(phi)
-            yy, xx = np.mgrid[:SIZE, :SIZE]
-            on_disc = np.hypot(yy - g["cy"], xx - g["cx"]) <= g["radius"] + 0.5
-            mask = on_disc & (np.hypot(yy - cy, xx - cx) <= bite)
-            image[mask] = g["background"][mask]
-        else:
-            raise ValueError(f"unknown defect {kind!r}; choose from {DEFECTS}")
-        return mask
+
+# Each defect changes ``image`` (SIZE, SIZE, 3) in place and returns its boolean mask.
+
+def _scratch(image, g, rng):
+    start = _point_inside(rng, g, 0.35)
+    direction = rng.normal(size=2)
+    direction /= np.linalg.norm(direction)
+    length = rng.uniform(30, 55)
+    bend = rng.uniform(-8, 8) * np.array([-direction[1], direction[0]])
+    t = np.linspace(0, 1, 12)[:, None]
+    points = start + t * length * direction + 4 * t * (1 - t) * bend
+    mask = _stroke(points, rng.uniform(2.0, 3.0))
+    image[mask] = np.clip(image[mask] * 1.22 + 0.03, 0, 1)
+    return mask
+
+
+def _crack(image, g, rng):
+    point = _point_inside(rng, g, 0.3)
+    heading = rng.uniform(0, 2 * np.pi)
+    points = [point]
+    for _ in range(rng.integers(8, 13)):
+        heading += rng.normal(0, 0.6)
+        point = point + rng.uniform(3, 5) * np.array([np.sin(heading), np.cos(heading)])
+        points.append(point)
+    mask = _stroke(np.array(points), rng.uniform(1.2, 2.0))
+    image[mask] *= 0.62
+    return mask
+
+
+def _hole(image, g, rng):
+    cy, cx = _point_inside(rng, g, 0.25)
+    rad = rng.uniform(4, 6.5)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    d = np.hypot(yy - cy, xx - cx)
+    image[d <= rad] *= 0.35
+    image[(d > rad) & (d <= rad + 1)] *= 1.12  # a bright rim
+    return d <= rad + 1
+
+
+def _stain(image, g, rng):
+    cy, cx = _point_inside(rng, g, 0.3)
+    rad = rng.uniform(9, 15)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    blob = rad - np.hypot(yy - cy, xx - cx) + 3 * _smooth_noise(rng, 4.0)
+    alpha = np.clip(blob / 3, 0, 1)
+    tint = np.array([0.84, 0.88, 0.78]) * rng.uniform(0.95, 1.02)
+    image[:] = image * (1 - alpha[..., None]) + image * tint * alpha[..., None]
+    return alpha > 0.5
+
+
+def _missing(image, g, rng):
+    phi = rng.uniform(0, 2 * np.pi)
+    bite = rng.uniform(12, 18)
+    cy = g["cy"] + g["radius"] * np.sin(phi)
+    cx = g["cx"] + g["radius"] * np.cos(phi)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    on_disc = np.hypot(yy - g["cy"], xx - g["cx"]) <= g["radius"] + 0.5
+    mask = on_disc & (np.hypot(yy - cy, xx - cx) <= bite)
+    image[mask] = g["background"][mask]
+    return mask
+
+
+DEFECTS = {"scratch": _scratch, "crack": _crack, "hole": _hole, "stain": _stain, "missing": _missing}
+
+
+def add_defect(kind: str, image: np.ndarray, g: dict, rng: np.random.Generator) -> np.ndarray:
+    """Add one defect of ``kind`` to ``image`` in place; returns its boolean mask."""
+    if kind not in DEFECTS:
+        raise ValueError(f"unknown defect {kind!r}; choose from {tuple(DEFECTS)}")
+    return DEFECTS[kind](image, g, rng)
 
 
 def _save(array: np.ndarray, path: Path) -> None:
@@ -130,16 +145,15 @@ def write_dataset(root: str | os.PathLike, category: str = "disc", seed: int = 0
     """Write ROOT/CATEGORY/{train/good, test/<label>, ground_truth/<defect>} and return that folder."""
     folder = Path(root) / category
     rng = np.random.default_rng(seed)
-    factory = DiscFactory()
     jobs = [("train", "good", i) for i in range(n_train)] + [("test", "good", i) for i in range(n_test_good)]
     jobs += [("test", kind, i) for kind in DEFECTS for i in range(n_per_defect)]
     for split, label, i in tqdm(jobs, desc=f"synth-data {category}", disable=not progress):
         image_rng = np.random.default_rng(rng.integers(2**63))
-        image, geometry = factory.normal(image_rng)
+        image, geometry = normal_disc(image_rng)
         out = folder / split / label
         out.mkdir(parents=True, exist_ok=True)
         if label != "good":
-            mask = factory.defect(label, image, geometry, image_rng)
+            mask = add_defect(label, image, geometry, image_rng)
             masks = folder / "ground_truth" / label
             masks.mkdir(parents=True, exist_ok=True)
             _save(mask.astype(np.float64), masks / f"{i:03d}_mask.png")

@@ -1,4 +1,4 @@
-"""Synthetic anomalies for the Siamese branch (SACD.md, "Anomaly synthesis").
+"""Synthetic anomalies for the Siamese branch (docs/method.md, "Anomaly synthesis").
 
 For each image x in [0, 1] (before normalisation) a patch with height and width
 each uniform in [10, size/8) is placed uniformly at random and

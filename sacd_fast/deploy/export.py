@@ -34,6 +34,7 @@ from torch import nn
 from sacd_fast.deploy.inference import load_for_inference
 from sacd_fast.kernels.anomaly_map import reference as map_reference
 from sacd_fast.kernels.feacali import reference as feacali_reference
+from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
 
 OPSET = 18
@@ -57,7 +58,7 @@ class Pipeline(nn.Module):
                 x = feacali_reference.conv_in_lrelu(x, conv.weight, conv.bias, module.eps, module.negative_slope)
             calibrated.append(x)
         maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
-                                                tuple(image.shape[-2:]), self.model.config["sigma"])
+                                                tuple(image.shape[-2:]), self.model.config.sigma)
         return maps.flatten(1).amax(1), maps
 
 
@@ -73,10 +74,10 @@ def require(module: str, extra: str = "deploy"):
 def metadata(model: SACD, thresholds: dict | None, batch: int | None) -> dict[str, str]:
     """The ``sacd_fast.*`` entries an exported file carries."""
     config = model.config
-    return {"sacd_fast.format": FORMAT, "sacd_fast.backbone": config["backbone"],
-            "sacd_fast.image_size": str(config["image_size"]), "sacd_fast.batch": str(batch or 0),
+    return {"sacd_fast.format": FORMAT, "sacd_fast.backbone": config.backbone,
+            "sacd_fast.image_size": str(config.image_size), "sacd_fast.batch": str(batch or 0),
             "sacd_fast.normalization": json.dumps({"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "range": [0, 1]}),
-            "sacd_fast.config": json.dumps(config),
+            "sacd_fast.config": json.dumps(config.to_dict()),
             "sacd_fast.thresholds": json.dumps(thresholds or {})}
 
 
@@ -85,7 +86,7 @@ def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thre
     onnx = require("onnx")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    size = model.config["image_size"]
+    size = model.config.image_size
     dtype = torch.float16 if precision == "fp16" else torch.float32
     pipeline = Pipeline(copy.deepcopy(model).to("cpu", dtype, memory_format=torch.contiguous_format), dtype)
     example = torch.zeros(batch or 2, 3, size, size)
@@ -182,10 +183,8 @@ def openvino_runner(model, precision: str = "f32"):
 class ExportedInfo:
     """What an exported file says about itself."""
 
-    backbone: str
-    image_size: int
+    config: SACDConfig
     batch: int  # 0: any
-    config: dict
     thresholds: dict
 
 
@@ -194,9 +193,8 @@ def _info(entries: dict[str, str], path) -> ExportedInfo:
         raise ValueError(f"{path} was not exported by sacd_fast (its sacd_fast.format metadata is "
                          f"{entries.get('sacd_fast.format')!r}, expected {FORMAT!r})")
     try:
-        return ExportedInfo(entries["sacd_fast.backbone"], int(entries["sacd_fast.image_size"]),
-                            int(entries["sacd_fast.batch"]), json.loads(entries["sacd_fast.config"]),
-                            json.loads(entries["sacd_fast.thresholds"]))
+        return ExportedInfo(SACDConfig.from_dict(json.loads(entries["sacd_fast.config"]), path),
+                            int(entries["sacd_fast.batch"]), json.loads(entries["sacd_fast.thresholds"]))
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: incomplete sacd_fast metadata ({e})") from e
 
@@ -225,7 +223,7 @@ class Inferencer:
         suffix = self.path.suffix.lower()
         if suffix == ".pt":
             model, self.thresholds = load_for_inference(self.path, device)
-            self.image_size, self.batch, self.config = model.config["image_size"], 0, dict(model.config)
+            self.config, self.batch = model.config, 0
             self._run = lambda x: model.predict(torch.from_numpy(x).to(device))
             return
         if suffix == ".onnx":
@@ -252,14 +250,14 @@ class Inferencer:
             self._run = openvino_runner(model, precision)
         else:
             raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
-        self.image_size, self.batch, self.config = info.image_size, info.batch, info.config
+        self.config, self.batch = info.config, info.batch
         self.thresholds = {"score_median": info.thresholds.get("normal_level"), **info.thresholds}
 
     def predict(self, images) -> Prediction:
         """Scores (B,) and maps (B, S, S), float32 tensors, for normalised images (B, 3, S, S)."""
         x = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        s = self.image_size
+        s = self.config.image_size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"{self.path} takes (B, 3, {s}, {s}) images, got {tuple(x.shape)}")
         if not np.isfinite(x).all():
@@ -283,6 +281,6 @@ class Inferencer:
         """Read image files or folders (as ``sacd-fast predict`` does) and predict them."""
         from sacd_fast.data.datasets import ImageFiles  # noqa: PLC0415
 
-        images = ImageFiles(paths, self.image_size)
+        images = ImageFiles(paths, self.config.image_size)
         images.check(progress=False)
         return self.predict(normalize(torch.stack([images[i]["image"] for i in range(len(images))])))

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SACD.md, Evaluation), on scikit-learn and SciPy.
+"""Evaluation metrics (docs/method.md, Evaluation), on scikit-learn and SciPy.
 
 * image AUROC on image scores, F1-max at image level;
 * pixel AUROC over all pixels of the masked test images;

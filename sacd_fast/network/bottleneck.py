@@ -1,4 +1,4 @@
-"""OCBE: the one-class bottleneck embedding (SACD.md, Architecture 2).
+"""OCBE: the one-class bottleneck embedding (docs/method.md, Architecture 2).
 
 It fuses the teacher's three scales into one compact code at stride 32:
 

@@ -1,4 +1,4 @@
-"""The student decoder S (SACD.md, Architecture 3): the teacher mirrored.
+"""The student decoder S (docs/method.md, Architecture 3): the teacher mirrored.
 
 Three stages, each opened by a block that doubles the resolution with a 2x2 s2
 transposed convolution (also on its shortcut). From the OCBE code

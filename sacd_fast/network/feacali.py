@@ -1,4 +1,4 @@
-"""FeaCali: feature calibration of the student (SACD.md, Architecture 4).
+"""FeaCali: feature calibration of the student (docs/method.md, Architecture 4).
 
 One module per scale: conv3x3 (with bias) -> InstanceNorm -> LeakyReLU blocks
 whose channels halve ``layers`` times and come back, C -> C/2 -> C/4 -> C/2 -> C

@@ -10,8 +10,6 @@ Inputs are ImageNet-normalised (B, 3, H, W) with H and W multiples of 32.
 
 from __future__ import annotations
 
-import inspect
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +19,7 @@ from torch import nn
 from sacd_fast import kernels
 from sacd_fast.network.blocks import BasicBlock, Bottleneck
 from sacd_fast.network.bottleneck import OCBE
+from sacd_fast.network.config import Backbone, SACDConfig, TeacherInput
 from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
@@ -66,10 +65,8 @@ class SACD(nn.Module):
     Args:
         backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
-        image_size: the training/inference side length (a multiple of 32).
-        feacali_layers: how many times FeaCali halves the channels (L, default 2).
-        lambda_intra: weight of L_intra.
-        sigma: Gaussian sigma of the anomaly map.
+        image_size, feacali_layers, lambda_intra, sigma, teacher_input: see
+            :class:`SACDConfig`, which the model keeps as ``config``.
 
     Example:
         >>> model = SACD("resnet18", teacher_weights=None, image_size=64)  # doctest: +SKIP
@@ -78,27 +75,22 @@ class SACD(nn.Module):
         (torch.Size([2]), torch.Size([2, 64, 64]))
     """
 
-    def __init__(self, backbone: str = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
+    def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
-                 teacher_input: str = "imagenet"):
+                 teacher_input: TeacherInput = "imagenet"):
         super().__init__()
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {image_size!r}")
-        if isinstance(feacali_layers, bool) or not isinstance(feacali_layers, int) or feacali_layers < 1:
-            raise ValueError(f"feacali_layers must be an integer >= 1, got {feacali_layers!r}")
-        for name, value, low in (("lambda_intra", lambda_intra, 0.0), ("sigma", sigma, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < low or (name == "lambda_intra" and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lambda_intra' else '>= 0'}, "
-                                 f"got {value!r}")
-        self.config = dict(backbone=backbone, image_size=image_size, feacali_layers=feacali_layers,
-                           lambda_intra=lambda_intra, sigma=sigma, teacher_input=teacher_input)
-        self.teacher = build_teacher(backbone, teacher_weights, teacher_input)
-        block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[backbone]
+        self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input)
+        self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
+        block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
         channels = self.teacher.channels
         self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
         self.decoder = Decoder(channels, block, decoder_layers, width_per_group)
-        self.feacali = nn.ModuleList(FeaCali(c, feacali_layers) for c in channels)
+        self.feacali = nn.ModuleList(FeaCali(c, config.feacali_layers) for c in channels)
+
+    @classmethod
+    def from_config(cls, config: SACDConfig, teacher_weights=None) -> "SACD":
+        """A model with untrained student weights for ``config``; ``teacher_weights`` as in the constructor."""
+        return cls(teacher_weights=teacher_weights, **config.to_dict())
 
     def train(self, mode: bool = True) -> "SACD":
         super().train(mode)
@@ -148,7 +140,7 @@ class SACD(nn.Module):
         with torch.no_grad():
             _, s_abnormal = self.encode_decode(x_synth)
         calibrated = [f(sa) for f, sa in zip(self.feacali, s_abnormal)]
-        return sacd_loss(t, s, calibrated, self.config["lambda_intra"])
+        return sacd_loss(t, s, calibrated, self.config.lambda_intra)
 
     def inference_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features t_k and calibrated student features FeaCali_k(s_k)."""
@@ -157,7 +149,7 @@ class SACD(nn.Module):
 
     def anomaly_maps(self, teacher: list[torch.Tensor], calibrated: list[torch.Tensor], size) -> torch.Tensor:
         """float32 (B, H, W) maps from :meth:`inference_features`' output."""
-        return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config["sigma"])
+        return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config.sigma)
 
     def forward(self, x: torch.Tensor, x_synth: torch.Tensor,
                 teacher: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -177,27 +169,19 @@ class SACD(nn.Module):
         return Prediction(scores=maps.flatten(1).amax(1), maps=maps)
 
     @classmethod
-    def from_checkpoint(cls, path, map_location="cpu", fast: bool = False):
-        """Rebuild a model from a checkpoint written by :mod:`sacd_fast.training.train`;
-        ``fast=True`` wraps it with :func:`sacd_fast.fast` (defaults)."""
-        model = cls.from_payload(load_checkpoint(path, map_location), path)
-        if fast:
-            from sacd_fast.deploy.fast import fast as make_fast
-
-            return make_fast(model)
-        return model
+    def from_checkpoint(cls, path, map_location="cpu") -> "SACD":
+        """Rebuild a model (in eval mode) from a checkpoint written by :mod:`sacd_fast.training.train`.
+        For the fast model, wrap it: ``sacd_fast.fast(SACD.from_checkpoint(path))``."""
+        return cls.from_payload(load_checkpoint(path, map_location), path)
 
     @classmethod
     def from_payload(cls, payload: dict, source) -> "SACD":
         """The model (in eval mode) held by a checkpoint already read with
         :func:`sacd_fast.training.checkpoint.load_checkpoint` from ``source``."""
-        config = {"teacher_input": "imagenet", **payload["config"]}  # checkpoints from before the option existed
-        unknown = set(config) - set(inspect.signature(cls).parameters)
-        if unknown:
-            raise ValueError(f"checkpoint {source}: unknown config keys {sorted(unknown)}")
+        config = SACDConfig.from_dict(payload["config"], f"checkpoint {source}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the teacher's weights come from the checkpoint
-            model = cls(**config)
+            model = cls.from_config(config)
         try:
             model.load_state_dict(payload["state_dict"], strict=True)
         except RuntimeError as e:

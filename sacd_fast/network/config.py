@@ -1,0 +1,67 @@
+"""The settings that define a SACD network, checked once, stored in every checkpoint."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, get_args
+
+Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0"]
+TeacherInput = Literal["imagenet", "native"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)
+TEACHER_INPUTS: tuple[str, ...] = get_args(TeacherInput)
+
+
+@dataclass(frozen=True)
+class SACDConfig:
+    """What a SACD network is (its weights aside).
+
+    Attributes:
+        backbone: the teacher, "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
+        image_size: the training and inference side length, a multiple of 32.
+        feacali_layers: how many times FeaCali halves the channels (L).
+        lambda_intra: weight of L_intra in the loss, > 0.
+        sigma: Gaussian sigma of the anomaly map, >= 0 (0: no filter).
+        teacher_input: "imagenet" (ImageNet mean/std for every teacher) or "native"
+            (the scaling the teacher's weights were trained on; differs only for Lite0).
+    """
+
+    backbone: Backbone = "wide_resnet50_2"
+    image_size: int = 256
+    feacali_layers: int = 2
+    lambda_intra: float = 0.2
+    sigma: float = 4.0
+    teacher_input: TeacherInput = "imagenet"
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if self.teacher_input not in TEACHER_INPUTS:
+            raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {self.teacher_input!r}")
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {size!r}")
+        layers = self.feacali_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"feacali_layers must be an integer >= 1, got {layers!r}")
+        for name, positive in (("lambda_intra", True), ("sigma", False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (positive and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    def to_dict(self) -> dict:
+        """Plain values, as checkpoints and exported files store them."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: object = "config") -> "SACDConfig":
+        """The config a checkpoint stored. Keys added since it was written take
+        their defaults (``teacher_input`` came later: older checkpoints fed
+        every teacher ImageNet-normalised input, the default); an unknown key is
+        refused with ValueError naming ``source``."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown config keys {sorted(unknown)}")
+        return cls(**values)
