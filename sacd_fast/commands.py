@@ -38,7 +38,7 @@ from sacd_fast.network.config import TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import PRECISIONS, TrainSettings, fit
+from sacd_fast.training.train import PRECISIONS, TrainSettings, fit, process_rank
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -136,12 +136,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     if precision == "bf16" and device.type != "cuda":
         say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
             "training in fp32: this CPU has no native bf16")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun started several processes
+    if launched:
         device = start_distributed(device)
     try:
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
-        if dist.is_initialized() and dist.get_rank() != 0:
+        if process_rank() != 0:
             _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size, batch_size, seed,
                    val_fraction, workers, false_alarm_rate, device, precision, progress=False)
             return None
@@ -149,7 +149,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
             return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size,
                           batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress)
     finally:
-        if distributed:
+        if launched:
             dist.destroy_process_group()
 
 
@@ -187,7 +187,7 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
         log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
         finalize=thresholds)
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if process_rank() != 0:
         return None
     payload = load_checkpoint(checkpoint)
     calibrated = payload["thresholds"]

@@ -73,6 +73,17 @@ class TrainSettings:
         return torch.Generator().manual_seed(int(entropy) & (2**63 - 1))
 
 
+def in_process_group() -> bool:
+    """Whether this process trains as one of several in a torch.distributed group
+    (torchrun; ``sacd-fast train`` joins the group when torchrun started it)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def process_rank() -> int:
+    """This process's rank in its group; 0 when it trains alone."""
+    return dist.get_rank() if in_process_group() else 0
+
+
 def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
     """Adam with two parameter groups: OCBE + decoder (lr) and FeaCali (lr_feacali)."""
     return torch.optim.Adam(
@@ -116,7 +127,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: to
     """One optimisation step on a batch of [0, 1] images; returns the loss terms.
     ``model`` is a SACD model or its DistributedDataParallel wrapper (its
     forward is ``training_losses``); ``autocast_dtype`` runs the forward passes
-    under autocast (the fast path); ``teacher``, when given, maps the
+    under autocast (bf16 training); ``teacher``, when given, maps the
     normalised batch to its teacher features (a :class:`TeacherCache`)."""
     x_synth, _ = synthesize(x01, seeds)
     with torch.autocast(x01.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
@@ -211,8 +222,8 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         if resume and os.path.exists(checkpoint):
             finished, start, history = _resume(checkpoint, model, optimizer, settings, provenance, device)
 
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank = dist.get_rank() if distributed else 0
+    distributed = in_process_group()
+    rank = process_rank()
     step_model = model
     if distributed:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
