@@ -38,7 +38,7 @@ from sacd_fast.network.config import TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import PRECISIONS, TrainSettings, fit, process_rank
+from sacd_fast.training.train import TrainSettings, check_precision, fit, process_rank
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -131,8 +131,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     device = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)  # before the data are read
     if precision == "bf16" and device.type != "cuda":
         say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
             "training in fp32: this CPU has no native bf16")

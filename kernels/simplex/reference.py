@@ -248,8 +248,7 @@ def synthesize_patches(x01: torch.Tensor, seeds: torch.Tensor, strength: float, 
     inside each image's patch (:func:`patch_geometry`). Returns the batch and
     float masks (B, 1, H, W)."""
     b, c, height, width = x01.shape
-    geometry = patch_geometry(seeds, height, width, bounds_h, bounds_w)
-    top, left, h, w = geometry.unbind(1)
+    top, left, h, w = patch_geometry(seeds, height, width, bounds_h, bounds_w).unbind(1)
     rows = torch.arange(height, device=x01.device).view(1, height) - top.view(b, 1)  # (B, H)
     cols = torch.arange(width, device=x01.device).view(1, width) - left.view(b, 1)  # (B, W)
     inside_rows = (rows >= 0) & (rows < h.view(b, 1))

@@ -73,6 +73,12 @@ class TrainSettings:
         return torch.Generator().manual_seed(int(entropy) & (2**63 - 1))
 
 
+def check_precision(precision: str) -> None:
+    """ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def in_process_group() -> bool:
     """Whether this process trains as one of several in a torch.distributed group
     (torchrun; ``sacd-fast train`` joins the group when torchrun started it)."""
@@ -271,8 +277,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
 
 def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str) -> None:
     """ValueError, before any work, for settings ``fit`` cannot train with."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if len(dataset) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
     side = model.config.image_size // 32
