@@ -6,7 +6,7 @@
     sacd-fast predict     score image files or folders
     sacd-fast export      write a trained model to one ONNX or OpenVINO file
     sacd-fast synth-data  write a generated dataset in the MVTec AD layout
-    sacd-fast profile     parameters and FLOPs per part of the model
+    sacd-fast profile     parameters and FLOPs per part of the model; --kernels: the kernel report
 
 Any error ends the program with exit code 1 and a one-line reason; Ctrl-C
 and SIGTERM stop it with exit code 130 and 143, with every file it wrote whole.
@@ -160,7 +160,12 @@ def _add_profile(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--bench-json", default=None,
                    help="a pytest-benchmark JSON (pytest bench/ --benchmark-json F): print achieved FLOP/s")
-    p.set_defaults(run=lambda a: commands.profile_model(a.backbone, a.image_size, a.bench_json))
+    p.add_argument("--kernels", action="store_true",
+                   help="instead, the static report of every Triton kernel (bytes, FLOPs, H200 floor, sm_90 "
+                        "registers, spills and occupancy, launches, host time per call); no GPU needed")
+    p.add_argument("--no-compile", action="store_true", help="with --kernels: skip the sm_90 compilation")
+    p.set_defaults(run=lambda a: commands.profile_kernels(not a.no_compile) if a.kernels
+                   else commands.profile_model(a.backbone, a.image_size, a.bench_json))
 
 
 def _add_synth_data(subparsers) -> None:

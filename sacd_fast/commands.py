@@ -355,6 +355,15 @@ def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: 
     return evaluate(checkpoint, root, out, report=True, **common)
 
 
+def profile_kernels(compile: bool = True) -> dict:
+    """Print the static kernel report (:mod:`sacd_fast.kernels.report`) and return it."""
+    from sacd_fast.kernels import report
+
+    data = report.build(compile=compile)
+    print(report.markdown(data))
+    return data
+
+
 def profile_model(backbone: str, image_size: int = 256, bench_json: str | os.PathLike | None = None) -> dict:
     """Print parameters and FLOPs per part (fvcore) and, given a pytest-benchmark
     JSON of ``pytest bench/``, the multiply-adds per second its model and part

@@ -4,99 +4,28 @@ Run by tests/test_kernel_sm90.py in a subprocess without TRITON_INTERPRET
 (the interpreter replaces ``@triton.jit`` functions, so nothing could be
 compiled in the test process). The launchers run on CPU tensors at the
 model's real shapes, NCHW and channels_last, fp32, fp16 and bf16, with every
-kernel recorded instead of launched (tests/launch_recorder.py); every recorded
-launch is then compiled by Triton's own compiler for ``GPUTarget("cuda", 90, 32)``
-once per autotuning config (in parallel), with ptxas's ``-v`` log giving the
-register and spill counts. The interpreter accepts code that the
-compiler rejects (types, ``tl.dot`` shapes, shared memory), which is what this
-catches on a machine without a GPU.
+kernel recorded instead of launched (sacd_fast.kernels.recorder); every
+recorded launch is then compiled for sm_90 once per autotuning config
+(sacd_fast.kernels.sm90).
 
 Prints one JSON object on its last line:
 ``{"launched": {"module.kernel [variant]": {"shared", "registers", "spill_bytes",
-"mma", "fp64", "acq_rel", "dtypes", "inference"}}, "jit": [every module.name]}``.
+"num_warps", "blocks_per_sm", "mma", "fp64", "acq_rel", "inference"}},
+"jit": [every module.name]}``.
 """
 
-import contextlib
-import io
 import json
-import multiprocessing
-import os
-import re
 import sys
-from pathlib import Path
 
-assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
+import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from sacd_fast.kernels.anomaly_map import triton as anomaly_map
+from sacd_fast.kernels.feacali import triton as feacali
+from sacd_fast.kernels.recorder import jit_functions, recording
+from sacd_fast.kernels.simplex import triton as simplex
+from sacd_fast.kernels.sm90 import check_not_interpreted, compile_variants
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-from launch_recorder import base_function, jit_functions, recording  # noqa: E402
-from triton import knobs  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-from sacd_fast.kernels.anomaly_map import triton as anomaly_map  # noqa: E402
-from sacd_fast.kernels.feacali import triton as feacali  # noqa: E402
-from sacd_fast.kernels.simplex import triton as simplex  # noqa: E402
-
-TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-         torch.int32: "i32", torch.int64: "i64"}
 WRN_SCALES = [(256, 64), (512, 32), (1024, 16)]
-
-
-def specialise(value) -> tuple[str, bool]:
-    """Triton type of a launch argument and whether it is 16-divisible (a
-    pointer's address or an integer), as the JIT specialises them; the integer
-    1 becomes the constexpr "constexpr"."""
-    if isinstance(value, torch.Tensor):
-        return "*" + TYPES[value.dtype], value.data_ptr() % 16 == 0
-    if isinstance(value, bool):
-        return "u1", False
-    if isinstance(value, int):
-        if value == 1:
-            return "constexpr", False
-        return ("i32" if -2**31 <= value < 2**31 else "i64"), value % 16 == 0
-    if isinstance(value, float):
-        return "fp32", False
-    raise TypeError(f"no Triton type for {type(value).__name__}")
-
-
-def compile_launch(fn, args: tuple, kwargs: dict):
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-    values = dict(zip(fn.arg_names, args))
-    values.update(kwargs)
-    signature, constexprs, attrs = {}, {}, {}
-    for i, param in enumerate(fn.params):
-        value = values[param.name]
-        if param.is_constexpr:
-            signature[param.name], constexprs[param.name] = "constexpr", value
-            continue
-        signature[param.name], divisible = specialise(value)
-        if signature[param.name] == "constexpr":
-            constexprs[param.name] = value
-        elif divisible:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-
-
-JOBS: list[tuple] = []  # (name, JITFunction, args, config, info), read by the forked workers
-
-
-def compile_variant(index: int) -> tuple[str, dict]:
-    """Compile one launch for one config; ptxas's own ``-v`` log (printed by Triton
-    when asked) gives the registers and spills."""
-    name, fn, args, config, info = JOBS[index]
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        compiled = compile_launch(fn, args, dict(config))
-    ptx = compiled.asm["ptx"]
-    text = log.getvalue()
-    return name, {**info, "shared": compiled.metadata.shared,
-                  "registers": max(int(r) for r in re.findall(r"Used (\d+) registers", text)),
-                  "spill_bytes": sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", text)),
-                  "mma": "mma" in ptx, "fp64": ".f64" in ptx, "acq_rel": "acq_rel" in ptx}
 
 
 def features(dtype, channels_last, scales, batch=2):
@@ -138,25 +67,16 @@ def training_launches():
 
 
 def main() -> int:
-    knobs.nvidia.dump_ptxas_log = True  # ptxas -v's log: registers and spills
-    knobs.compilation.always_compile = True  # a cached binary would come without that log
+    check_not_interpreted()
     with recording() as inference:
         inference_launches()
     with recording() as training:
         training_launches()
-    jobs = {}
+    report = {}
     for launches, is_inference in ((inference, True), (training, False)):
-        for launch in launches:
-            dtypes = sorted({TYPES[a.dtype] for a in launch.args if isinstance(a, torch.Tensor)})
-            for config in launch.configs():
-                name = launch.name + " " + ",".join(f"{k}={v}" for k, v in sorted(config.items()))
-                name += " " + ",".join(t for t, _ in map(specialise, launch.args) if t != "fp32")
-                if name not in jobs:
-                    info = {"dtypes": dtypes, "inference": is_inference}
-                    jobs[name] = (name, base_function(launch.kernel), launch.args, config, info)
-    JOBS.extend(jobs.values())
-    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
-        report = dict(pool.imap_unordered(compile_variant, range(len(JOBS))))
+        for name, info in compile_variants(launches).items():
+            info.pop("ptx")
+            report.setdefault(name, {**info, "inference": is_inference})
     print(json.dumps({"launched": report, "jit": sorted(jit_functions())}))
     return 0
 

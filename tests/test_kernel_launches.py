@@ -2,17 +2,17 @@
 limits (axis 0 below 2**31, axes 1 and 2 at most 65,535 programs) for
 batches of 1 to 4,096 at the WideResNet-50-2 and Lite0 shapes (256²), on the
 inference and training paths. The launchers run on meta tensors (no memory)
-with every kernel recorded instead of launched (tests/launch_recorder.py),
+with every kernel recorded instead of launched (sacd_fast.kernels.recorder),
 and every autotuning config's grid is checked."""
 
 import pytest
 import torch
-from launch_recorder import recording
 
 pytest.importorskip("triton")
 from sacd_fast.kernels.anomaly_map import triton as anomaly_map  # noqa: E402
 from sacd_fast.kernels.feacali import triton as feacali  # noqa: E402
 from sacd_fast.kernels.launch import MAX_GRID  # noqa: E402
+from sacd_fast.kernels.recorder import recording  # noqa: E402
 from sacd_fast.kernels.simplex import triton as simplex  # noqa: E402
 
 SCALES = {"wide_resnet50_2": [(256, 64), (512, 32), (1024, 16)],

@@ -34,7 +34,7 @@ def variants(report, kernel):
 def test_every_jit_function_is_compiled_or_inlined_into_one_that_is(report):
     """Kernels are found by what they are (every @triton.jit object in the
     package), not by name: each one is launched, or is a helper that a kernel calls."""
-    from launch_recorder import jit_functions, source
+    from sacd_fast.kernels.recorder import jit_functions, source
 
     functions = jit_functions()
     launched = {name.split(" ")[0] for name in report["launched"]}

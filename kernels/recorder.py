@@ -5,8 +5,9 @@ the ``sacd_fast.kernels`` modules is replaced by a recorder: the launchers run
 on any tensors (``meta`` ones included, so a batch of 4,096 costs no memory),
 and each ``kernel[grid](*args, **kwargs)`` is kept as a :class:`Launch`.
 Helpers that are only called from inside kernels are replaced too, which is
-harmless: no kernel body runs. Used by the launch-geometry test and the sm_90
-compile worker.
+harmless: no kernel body runs. Used by the kernel report
+(:mod:`sacd_fast.kernels.report`), the launch-geometry test and the sm_90
+compile test.
 """
 
 from __future__ import annotations

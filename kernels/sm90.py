@@ -1,0 +1,134 @@
+"""Compile recorded Triton launches for an H100/H200 (sm_90) without a GPU.
+
+Each launch that :mod:`.recorder` kept is compiled by Triton's own compiler
+for ``GPUTarget("cuda", 90, 32)`` once per autotuning config, in parallel
+worker processes; ptxas's ``-v`` log gives the registers and spills. The
+interpreter accepts code that the compiler rejects (types, ``tl.dot`` shapes,
+shared memory), so this also checks the kernels on a machine without a GPU.
+It must run without ``TRITON_INTERPRET=1``: the interpreter replaces the
+``@triton.jit`` functions, so nothing could be compiled.
+
+Occupancy follows the sm_90 limits: 65,536 registers per SM allocated per warp
+in units of 256, 228 KB of shared memory per SM (1 KB of it reserved per
+block), at most 2,048 threads and 32 blocks per SM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import re
+
+import torch
+
+from .recorder import Launch, base_function
+
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+         torch.int32: "i32", torch.int64: "i64"}
+SM90 = {"sms": 132, "registers": 65536, "shared": 228 * 1024, "shared_per_block_reserved": 1024,
+        "threads": 2048, "blocks": 32}
+SHARED_PER_BLOCK = 227 * 1024  # the most one block may use
+
+
+def check_not_interpreted() -> None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("compiling for sm_90 needs real @triton.jit functions: unset TRITON_INTERPRET")
+
+
+def specialise(value) -> tuple[str, bool]:
+    """Triton type of a launch argument and whether it is 16-divisible (a
+    pointer's address or an integer), as the JIT specialises them; the integer
+    1 becomes the constexpr "constexpr"."""
+    if isinstance(value, torch.Tensor):
+        return "*" + TYPES[value.dtype], value.data_ptr() % 16 == 0
+    if isinstance(value, bool):
+        return "u1", False
+    if isinstance(value, int):
+        if value == 1:
+            return "constexpr", False
+        return ("i32" if -2**31 <= value < 2**31 else "i64"), value % 16 == 0
+    if isinstance(value, float):
+        return "fp32", False
+    raise TypeError(f"no Triton type for {type(value).__name__}")
+
+
+def variant_name(launch: Launch, config: dict) -> str:
+    """``"op.kernel KEY=value,... argument types"``: one compiled binary."""
+    name = launch.name + " " + ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+    return name + " " + ",".join(t for t, _ in map(specialise, launch.args) if t != "fp32")
+
+
+def compile_launch(fn, args: tuple, kwargs: dict):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+            continue
+        signature[param.name], divisible = specialise(value)
+        if signature[param.name] == "constexpr":
+            constexprs[param.name] = value
+        elif divisible:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def blocks_per_sm(registers: int, shared: int, num_warps: int) -> int:
+    """Resident blocks per SM, from the block's registers per thread, shared bytes and warps."""
+    per_warp = -(-registers * 32 // 256) * 256
+    limits = [SM90["blocks"], SM90["threads"] // (32 * num_warps), SM90["registers"] // (per_warp * num_warps)]
+    if shared:
+        limits.append(SM90["shared"] // (shared + SM90["shared_per_block_reserved"]))
+    return min(limits)
+
+
+_JOBS: list[tuple] = []  # (name, JITFunction, args, config), read by the forked workers
+
+
+def _compile_job(index: int) -> tuple[str, dict]:
+    name, fn, args, config = _JOBS[index]
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # Triton prints ptxas's -v log when asked
+        compiled = compile_launch(fn, args, dict(config))
+    ptx, text = compiled.asm["ptx"], log.getvalue()
+    registers = max(int(r) for r in re.findall(r"Used (\d+) registers", text))
+    shared = compiled.metadata.shared
+    warps = config.get("num_warps", 4)
+    return name, {"shared": shared, "registers": registers, "num_warps": warps,
+                  "spill_bytes": sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", text)),
+                  "blocks_per_sm": blocks_per_sm(registers, shared, warps),
+                  "mma": "mma" in ptx, "fp64": ".f64" in ptx, "acq_rel": "acq_rel" in ptx,
+                  "ptx": ptx}
+
+
+def compile_variants(launches: list[Launch], processes: int | None = None) -> dict[str, dict]:
+    """``{variant_name: stats}`` for every launch and every autotuning config it
+    may run with (each distinct binary once): shared bytes, registers, spill
+    bytes, warps, blocks per SM, whether the PTX has tensor-core ``mma``,
+    fp64 or ``acq_rel`` instructions, and the PTX itself."""
+    from triton import knobs
+
+    check_not_interpreted()
+    jobs = {}
+    for launch in launches:
+        for config in launch.configs():
+            name = variant_name(launch, config)
+            jobs.setdefault(name, (name, base_function(launch.kernel), launch.args, config))
+    _JOBS[:] = jobs.values()
+    knobs.nvidia.dump_ptxas_log = True  # ptxas -v's log: registers and spills
+    knobs.compilation.always_compile = True  # a cached binary would come without that log
+    try:
+        with multiprocessing.get_context("fork").Pool(processes or os.cpu_count()) as pool:
+            return dict(pool.imap_unordered(_compile_job, range(len(_JOBS))))
+    finally:
+        _JOBS.clear()
