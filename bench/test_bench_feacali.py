@@ -15,25 +15,20 @@ DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 
 
 def eager_stack(modules, features):
-    out = []
-    for module, x in zip(modules, features):
-        for conv in module.convs:
-            x = reference.conv_in_lrelu(x, conv.weight, conv.bias)
-        out.append(x)
-    return out
+    return [reference.conv_in_lrelu_stack(x, [c.weight for c in m.convs], [c.bias for c in m.convs],
+                                          norm_last=m.norm_last) for m, x in zip(modules, features)]
 
 
 def fused_stack(modules, features):
-    from sacd_fast.kernels.feacali.triton import conv_in_lrelu_stack_triton, conv_in_lrelu_train
+    """The fused Triton chain without gradients; with them, the Triton training blocks."""
+    from sacd_fast import kernels
+    from sacd_fast.kernels.feacali.triton import conv_in_lrelu_stack_triton
 
     if not torch.is_grad_enabled():
-        return [conv_in_lrelu_stack_triton(x, [c.weight for c in m.convs]) for m, x in zip(modules, features)]
-    out = []
-    for module, x in zip(modules, features):
-        for conv in module.convs:
-            x = conv_in_lrelu_train(x, conv.weight, conv.bias)
-        out.append(x)
-    return out
+        return [conv_in_lrelu_stack_triton(x, [c.weight for c in m.convs], last_bias=m.convs[-1].bias,
+                                           norm_last=m.norm_last) for m, x in zip(modules, features)]
+    return [kernels.conv_in_lrelu_stack(x, [c.weight for c in m.convs], [c.bias for c in m.convs],
+                                        norm_last=m.norm_last) for m, x in zip(modules, features)]
 
 
 @pytest.mark.parametrize("provider", ["reference", "compiled", "fast"])

@@ -145,20 +145,24 @@ def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
-                        eps: float = 1e-5, negative_slope: float = 0.01) -> torch.Tensor:
-    """A chain of conv3x3 (padding 1) -> InstanceNorm -> LeakyReLU blocks, (B, C_last, H, W).
+                        eps: float = 1e-5, negative_slope: float = 0.01, norm_last: bool = True) -> torch.Tensor:
+    """A chain of conv3x3 (padding 1) -> InstanceNorm -> LeakyReLU blocks, (B, C_last, H, W);
+    with ``norm_last=False`` the last block is conv3x3 (with its bias) -> LeakyReLU.
 
     Weights and biases are used in ``x``'s dtype. With gradients, each block is
     a cuDNN convolution and the Triton InstanceNorm + LeakyReLU (forward and
     backward). Without gradients, on the Triton path, the fused chain runs (each
-    block's normalisation fused into the next block's input load), or the cuDNN
-    chain where that was measured faster (:func:`sacd_fast.kernels.feacali.triton.fastest_stack`).
+    block's normalisation fused into the next block's input load, the last
+    block's bias and LeakyReLU into its convolution when it has no
+    normalisation), or the cuDNN chain where that was measured faster
+    (:func:`sacd_fast.kernels.feacali.triton.fastest_stack`).
 
     Args:
         x: (B, C, H, W) float, with H * W >= 2 (InstanceNorm needs two pixels).
         weights: (C_out, C_in, 3, 3) per block, C_in the previous block's C_out.
         biases: (C_out,) or None per block, as many as ``weights``.
         eps: >= 0; negative_slope: finite.
+        norm_last: whether the last block has InstanceNorm.
     """
     weights, biases, eps, negative_slope = validation.check_conv_stack(x, weights, biases, eps, negative_slope)
     tensors = [x, *weights, *(b for b in biases if b is not None)]
@@ -166,8 +170,13 @@ def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases
     if triton_path and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         # The fused chain reads the weights in x's dtype as it packs them: no cast here.
         run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
-        return run(x, weights, eps, negative_slope)
+        return run(x, weights, eps, negative_slope, None if norm_last else biases[-1], norm_last)
     block = _feacali.conv_in_lrelu_train if triton_path else feacali_reference.conv_in_lrelu
-    for weight, bias in zip(weights, biases):
-        x = block(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), eps, negative_slope)
+    last = len(weights) - 1
+    for k, (weight, bias) in enumerate(zip(weights, biases)):
+        weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+        if k == last and not norm_last:
+            x = feacali_reference.conv_lrelu(x, weight, bias, negative_slope)
+        else:
+            x = block(x, weight, bias, eps, negative_slope)
     return x

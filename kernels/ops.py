@@ -14,6 +14,8 @@ No ``from __future__ import annotations`` here: ``custom_op`` reads the
 schema from the annotations.
 """
 
+from typing import Optional
+
 import torch
 
 from .anomaly_map import triton as anomaly_map
@@ -34,15 +36,15 @@ def _(teacher, student, size, sigma, mode):
 
 
 @torch.library.custom_op("sacd_fast::conv_in_lrelu_stack", mutates_args=())
-def conv_in_lrelu_stack(x: torch.Tensor, weights: list[torch.Tensor], eps: float,
-                        negative_slope: float) -> torch.Tensor:
+def conv_in_lrelu_stack(x: torch.Tensor, weights: list[torch.Tensor], eps: float, negative_slope: float,
+                        last_bias: Optional[torch.Tensor], norm_last: bool) -> torch.Tensor:
     """The FeaCali chain without gradients on the Triton path (fused, or cuDNN where measured
     faster): (N, C_last, H, W) in ``kernel_dtype(x)``, channels_last."""
-    return feacali.fastest_stack(x, weights, eps, negative_slope)
+    return feacali.fastest_stack(x, weights, eps, negative_slope, last_bias, norm_last)
 
 
 @conv_in_lrelu_stack.register_fake
-def _(x, weights, eps, negative_slope):
+def _(x, weights, eps, negative_slope, last_bias, norm_last):
     n, _, h, w = x.shape
     return x.new_empty((n, weights[-1].shape[0], h, w), dtype=kernel_dtype(x)).contiguous(
         memory_format=torch.channels_last)

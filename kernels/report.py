@@ -5,21 +5,28 @@ and 32, it runs the public kernel functions the way a CUDA model calls them,
 on ``meta`` tensors (no memory, nothing computed) with every Triton launch
 recorded instead of run (:mod:`.recorder`):
 
-* inference (``predict``): the three FeaCali chains and the anomaly map, bf16
-  features in channels_last (what ``sacd_fast.fast`` runs);
+* inference (``predict``): the three FeaCali chains (their last block without
+  InstanceNorm, as the model's) and the anomaly map, bf16 features in
+  channels_last (what ``sacd_fast.fast`` runs);
 * training (one step): the synthesis and FeaCali's blocks forward and backward
   on the synthetic-anomaly branch, fp32.
 
-Per kernel it gives the launches, the bytes that the launch's tensors hold
+It counts the PyTorch operators that launch a device kernel too (copies,
+fills, cuDNN convolutions), by name. Per kernel it gives the launches, the bytes that the launch's tensors hold
 (each read or written once: the least any implementation moves), the FLOPs of
 the convolutions, and the H200 floor time, the larger of bytes / 4.0 TB/s and
 FLOPs / 754 TFLOP/s (bf16, fp16) or / 377 TFLOP/s (fp32 inputs, TF32 tensor
 cores at half the bf16 rate). From the sm_90 compilation of every autotuning
-config (:mod:`.sm90`): registers per thread, spill bytes, shared memory, warps
-and resident blocks per SM, and whether the PTX copies asynchronously
-(``cp.async``: a software-pipelined loop). Finally the host time of each
+config (:mod:`.sm90`): registers per thread, spill bytes, shared memory, warps,
+resident blocks and warps per SM (of 64), whether the PTX copies asynchronously
+(``cp.async``: a software-pipelined loop), and how many loops the PTX has (the
+FeaCali convolution: its K-loop over 9 taps x C_in, and the statistics'
+combination). Finally the host time of each
 public call with its launches stubbed, measured on the machine running the
 report: the launchers' own Python work, what a batch-1 GPU inference waits on.
+Where a call runs PyTorch operators too (the training step's cuDNN
+convolutions), their meta-tensor implementations (Python shape functions,
+slower than the CUDA dispatch) are in that time: an upper bound.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections import Counter
 from contextlib import contextmanager
 from unittest import mock
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .recorder import Launch, recording
 
@@ -65,7 +74,7 @@ def public_calls(path: str, backbone: str, batch: int) -> list[tuple[str, object
         for (c, s), x in zip(scales, student):
             weights, biases = _feacali_weights(c, torch.bfloat16)
             calls.append((f"conv_in_lrelu_stack {c}x{s}²", lambda x=x, w=weights, b=biases:
-                          kernels.conv_in_lrelu_stack(x, w, b)))
+                          kernels.conv_in_lrelu_stack(x, w, b, norm_last=False)))  # as the model's FeaCali
         calls.append(("cosine_anomaly_map", lambda: kernels.cosine_anomaly_map(teacher, student, (SIZE, SIZE))))
         return calls
     images = _meta(batch, 3, SIZE, SIZE, dtype=torch.float32, channels_last=False)
@@ -74,8 +83,13 @@ def public_calls(path: str, backbone: str, batch: int) -> list[tuple[str, object
     for c, s in scales:
         weights, biases = _feacali_weights(c, torch.float32, grad=True)
         x = _meta(batch, c, s, s, dtype=torch.float32, channels_last=True)
-        calls.append((f"conv_in_lrelu_stack forward + backward {c}x{s}²", lambda x=x, w=weights, b=biases:
-                      kernels.conv_in_lrelu_stack(x, w, b).sum().backward()))
+        grad = _meta(batch, c, s, s, dtype=torch.float32, channels_last=True)
+
+        def step(x=x, parameters=weights + biases, grad=grad):
+            for p in parameters:
+                p.grad = None  # as the optimiser's zero_grad(set_to_none=True) leaves them
+            kernels.conv_in_lrelu_stack(x, parameters[:4], parameters[4:], norm_last=False).backward(grad)
+        calls.append((f"conv_in_lrelu_stack forward + backward {c}x{s}²", step))
     return calls
 
 
@@ -130,11 +144,32 @@ def host_seconds(call, repeats: int = 5, number: int = 20) -> float:
     return best
 
 
-def record(path: str, backbone: str, batch: int) -> list[Launch]:
+class _TorchKernels(TorchDispatchMode):
+    """Counts the PyTorch operators that launch a device kernel (not views or allocations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not (func.is_view or name.startswith(("empty", "new_empty"))):
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def record(path: str, backbone: str, batch: int) -> tuple[list[Launch], dict[str, int]]:
+    """The Triton launches and the PyTorch kernels (by operator) of one inference
+    or training step, in the steady state (after a first call has filled the caches)."""
+    calls = public_calls(path, backbone, batch)
     with _stubbed() as launches:
-        for _, call in public_calls(path, backbone, batch):
+        for _, call in calls:
             call()
-    return list(launches)
+        launches.clear()
+        with _TorchKernels() as torch_kernels:
+            for _, call in calls:
+                call()
+    return list(launches), dict(torch_kernels.ops)
 
 
 def _span(values) -> str | int:
@@ -164,8 +199,9 @@ def kernel_rows(launches: list[Launch], compiled: dict[str, dict] | None) -> lis
                        shared_kb=_span([round(v["shared"] / 1024, 1) for v in variants]),
                        num_warps=_span([v["num_warps"] for v in variants]),
                        blocks_per_sm=_span([v["blocks_per_sm"] for v in variants]),
-                       min_blocks_per_sm=min(v["blocks_per_sm"] for v in variants),
-                       async_copy=any("cp.async" in v["ptx"] for v in variants), configs=len(variants))
+                       warps_per_sm=_span([v["blocks_per_sm"] * v["num_warps"] for v in variants]),
+                       async_copy=any("cp.async" in v["ptx"] for v in variants),
+                       loops=_span([v["loops"] for v in variants]), configs=len(variants))
         row["floor_us"] = round(row["floor_us"], 2)
     return list(rows.values())
 
@@ -192,14 +228,15 @@ def build(compile: bool = True, batches=BATCHES, backbones=tuple(SCALES)) -> dic
     if compile:
         from .sm90 import compile_variants
 
-        compiled = compile_variants([launch for launches in recorded.values() for launch in launches])
+        compiled = compile_variants([launch for launches, _ in recorded.values() for launch in launches])
     report = {"machine": machine(),
               "target": {"gpu": "H200 (sm_90, 132 SMs)", **H200}, "cases": []}
-    for (path, backbone, batch), launches in recorded.items():
+    for (path, backbone, batch), (launches, torch_kernels) in recorded.items():
         calls = public_calls(path, backbone, batch)
         host = {name: round(host_seconds(call) * 1e3, 4) for name, call in calls}
         report["cases"].append({
             "path": path, "backbone": backbone, "batch": batch, "launches": len(launches),
+            "torch_kernels": torch_kernels, "all_launches": len(launches) + sum(torch_kernels.values()),
             "floor_us": round(sum(floor_seconds(launch) for launch in launches) * 1e6, 2),
             "host_ms": {**host, "total": round(sum(host.values()), 4)},
             "kernels": kernel_rows(launches, compiled)})
@@ -209,7 +246,7 @@ def build(compile: bool = True, batches=BATCHES, backbones=tuple(SCALES)) -> dic
 COLUMNS = (("kernel", "kernel"), ("launches", "launches"), ("bytes", "MB"), ("flops", "GFLOP"),
            ("floor_us", "H200 floor µs"), ("registers", "registers"), ("spill_bytes", "spills (B)"),
            ("shared_kb", "shared KB"), ("num_warps", "warps"), ("blocks_per_sm", "blocks/SM"),
-           ("async_copy", "cp.async"))
+           ("warps_per_sm", "warps/SM"), ("async_copy", "cp.async"), ("loops", "PTX loops"))
 
 
 def _cell(key: str, value) -> str:
@@ -228,8 +265,12 @@ def markdown(report: dict) -> str:
     lines = [f"Kernel report: {report['target']['gpu']} floors (4.0 TB/s copy, 754 bf16 / 377 TF32 TFLOP/s); "
              f"host times on {report['machine']}.", ""]
     for case in report["cases"]:
-        lines += [f"### {case['backbone']}, batch {case['batch']}, {case['path']}: {case['launches']} launches, "
-                  f"floor {case['floor_us']:.1f} µs, host {case['host_ms']['total']:.3f} ms per call set", ""]
+        torch_kernels = ", ".join(f"{n} {op}" for op, n in sorted(case["torch_kernels"].items())) or "none"
+        host = f"host {case['host_ms']['total']:.3f} ms"
+        if case["torch_kernels"]:
+            host += " (an upper bound: PyTorch's own operators run their Python shape functions on meta tensors)"
+        lines += [f"### {case['backbone']}, batch {case['batch']}, {case['path']}: {case['all_launches']} launches "
+                  f"({case['launches']} Triton; PyTorch: {torch_kernels}), floor {case['floor_us']:.1f} µs, {host}", ""]
         lines += ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
         for row in case["kernels"]:
             lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")

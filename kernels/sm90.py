@@ -92,6 +92,19 @@ def blocks_per_sm(registers: int, shared: int, num_warps: int) -> int:
     return min(limits)
 
 
+def ptx_loops(ptx: str) -> int:
+    """Loops in a kernel's PTX: branches back to a label above them."""
+    seen, loops = set(), 0
+    for line in ptx.splitlines():
+        label = re.match(r"^(\$L__BB\d+_\d+):", line)
+        if label:
+            seen.add(label.group(1))
+            continue
+        branch = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        loops += bool(branch and branch.group(1) in seen)
+    return loops
+
+
 _JOBS: list[tuple] = []  # (name, JITFunction, args, config), read by the forked workers
 
 
@@ -108,14 +121,14 @@ def _compile_job(index: int) -> tuple[str, dict]:
                   "spill_bytes": sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", text)),
                   "blocks_per_sm": blocks_per_sm(registers, shared, warps),
                   "mma": "mma" in ptx, "fp64": ".f64" in ptx, "acq_rel": "acq_rel" in ptx,
-                  "ptx": ptx}
+                  "loops": ptx_loops(ptx), "ptx": ptx}
 
 
 def compile_variants(launches: list[Launch], processes: int | None = None) -> dict[str, dict]:
     """``{variant_name: stats}`` for every launch and every autotuning config it
     may run with (each distinct binary once): shared bytes, registers, spill
     bytes, warps, blocks per SM, whether the PTX has tensor-core ``mma``,
-    fp64 or ``acq_rel`` instructions, and the PTX itself."""
+    fp64 or ``acq_rel`` instructions, its loops, and the PTX itself."""
     from triton import knobs
 
     check_not_interpreted()

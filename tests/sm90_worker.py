@@ -38,7 +38,8 @@ def features(dtype, channels_last, scales, batch=2):
 
 def inference_launches():
     """The inference launchers at WideResNet-50-2 / 256² shapes (batch 2: only the sizes matter),
-    fp32, fp16 and bf16, NCHW and channels_last, one to six scales in both modes, three blur radii."""
+    fp32, fp16 and bf16, NCHW and channels_last, FeaCali's last block with and without InstanceNorm,
+    one to six scales in both modes, three blur radii."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for channels_last in (False, True):
             teacher = features(dtype, channels_last, WRN_SCALES)
@@ -46,7 +47,9 @@ def inference_launches():
             for c, s in WRN_SCALES:
                 widths = [c, c // 2, c // 4, c // 2, c]
                 (x,) = features(dtype, channels_last, [(c, s)])
-                feacali.conv_in_lrelu_stack_triton(x, [torch.empty(b, a, 3, 3) for a, b in zip(widths, widths[1:])])
+                weights = [torch.empty(b, a, 3, 3) for a, b in zip(widths, widths[1:])]
+                feacali.conv_in_lrelu_stack_triton(x, weights, last_bias=torch.empty(c), norm_last=False)  # the model's
+                feacali.conv_in_lrelu_stack_triton(x, weights)  # a last block with InstanceNorm
     scales = features(torch.float32, False, [(8, 5), (8, 6), (8, 7), (8, 8), (8, 9), (8, 10)])
     for count in range(1, 7):  # every SCALES / ACCUMULATE combination, both modes, blur radii 1, 8 and 16
         for mode, sigma in (("add", 0.25), ("mul", 2.0), ("add", 4.0)):

@@ -23,11 +23,9 @@ def chain(channels, batch, h, w, device=KERNEL_DEVICE):
     return x, blocks
 
 
-def reference_chain(x, blocks):
-    out = x.double()
-    for weight, bias in blocks:
-        out = reference.conv_in_lrelu(out, weight.double(), bias.double())
-    return out
+def reference_chain(x, blocks, norm_last=True):
+    return reference.conv_in_lrelu_stack(x.double(), [w.double() for w, _ in blocks], [b.double() for _, b in blocks],
+                                         norm_last=norm_last)
 
 
 @pytest.mark.parametrize("channels,batch,h,w", [
@@ -45,6 +43,21 @@ def test_fused_chain_matches_float64(channels, batch, h, w, channels_last, poiso
     out = feacali.conv_in_lrelu_stack_triton(x, [wt for wt, _ in blocks])
     assert out.shape == (batch, channels[-1], h, w) and out.dtype == torch.float32
     assert_close(out, reference_chain(x, blocks), "feacali")
+
+
+@pytest.mark.parametrize("channels,batch,h,w", [((4, 2, 4), 1, 5, 3), ((12, 6, 3, 6, 12), 2, 7, 9), ((6, 3), 2, 1, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_chain_with_a_last_block_without_norm_matches_float64(channels, batch, h, w, channels_last,
+                                                                    poison_outputs):
+    """The last block's bias and LeakyReLU in its convolution's epilogue: its output keeps each channel's level."""
+    x, blocks = chain(channels, batch, h, w)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = feacali.conv_in_lrelu_stack_triton(x, [wt for wt, _ in blocks], last_bias=blocks[-1][1], norm_last=False)
+    expected = reference_chain(x, blocks, norm_last=False)
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert_close(out, expected, "feacali")
+    assert expected.mean((2, 3)).abs().max() > 0.1  # not normalised away
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -72,13 +85,50 @@ def test_statistics_are_stable_and_bit_deterministic(poison_outputs):
         assert_close(first, reference.conv_in_lrelu(x.double(), weight.double()), "feacali")
 
 
+def test_packed_weights_are_reused_and_remade_when_the_weights_change(poison_outputs):
+    """The (tap, C_in, C_out) copy is made once per weight; an in-place update
+    (version counter) or new data under the same tensor (``.data =``) makes it
+    again, and the chain follows the new weights."""
+    x, blocks = chain((12, 6, 12), 2, 5, 6)
+    weights = [torch.nn.Parameter(wt) for wt, _ in blocks]
+    first = feacali.packed_weight(weights[0], x.dtype)
+    assert feacali.packed_weight(weights[0], x.dtype) is first
+    assert torch.equal(first, weights[0].detach().permute(2, 3, 1, 0))
+    feacali.conv_in_lrelu_stack_triton(x, weights)
+    with torch.no_grad():
+        weights[0].mul_(-2.0)
+    assert_close(feacali.conv_in_lrelu_stack_triton(x, weights),
+                 reference_chain(x, [(w.detach(), b) for w, (_, b) in zip(weights, blocks)]), "feacali")
+    weights[1].data = torch.randn_like(weights[1]) / 9
+    assert_close(feacali.conv_in_lrelu_stack_triton(x, weights),
+                 reference_chain(x, [(w.detach(), b) for w, (_, b) in zip(weights, blocks)]), "feacali")
+    assert feacali.packed_weight(weights[0], torch.float16).dtype == torch.float16  # another dtype: another copy
+    held = len(feacali._PACKED)
+    del weights
+    assert len(feacali._PACKED) == held - 2  # the copies go with their weights
+
+
+def test_arrival_counters_are_zero_after_every_launch(poison_outputs):
+    """The convolution's last program per (sample, channel block) resets its
+    counter, so the shared counters need no zeroing before a launch."""
+    x, blocks = chain((40, 20, 40), 3, 9, 8)  # 72 pixels: three 32-pixel tiles per (sample, channel block)
+    weights = [wt for wt, _ in blocks]
+    first = feacali.conv_in_lrelu_stack_triton(x, weights)
+    counters = feacali.arrival_counters(x.device, 1)
+    assert not counters.any()
+    assert torch.equal(feacali.conv_in_lrelu_stack_triton(x, weights), first)
+    assert feacali.arrival_counters(x.device, 1) is counters and not counters.any()
+
+
 def test_one_block_and_the_dispatched_stack():
     x, blocks = chain((12, 6, 3, 6, 12), 2, 6, 5)
     with torch.no_grad(), kernel_path(triton=True):
         one = kernels.conv_in_lrelu(x, *blocks[0])
         stacked = kernels.conv_in_lrelu_stack(x, [b[0] for b in blocks], [b[1] for b in blocks])
+        plain_last = kernels.conv_in_lrelu_stack(x, [b[0] for b in blocks], [b[1] for b in blocks], norm_last=False)
     assert_close(one, reference_chain(x, blocks[:1]), "feacali")
     assert_close(stacked, reference_chain(x, blocks), "feacali")
+    assert_close(plain_last, reference_chain(x, blocks, norm_last=False), "feacali")
 
 
 @pytest.mark.parametrize("cin,cout,batch,h,w,layout", [(6, 3, 2, 5, 7, "contiguous"), (5, 10, 1, 9, 4, "channels_last"),
@@ -141,12 +191,14 @@ def test_feacali_modules_train_and_predict_through_the_kernels(monkeypatch):
     calls = []  # the dispatch, with the kernels stood in for by the reference (the interpreter is slow)
     monkeypatch.setattr(feacali, "conv_in_lrelu_train",
                         lambda *a: calls.append("conv_in_lrelu_train") or reference.conv_in_lrelu(*a))
-    monkeypatch.setattr(feacali, "fastest_stack", lambda x, ws, *a: calls.append("fastest_stack") or
-                        reference_chain(x, [(w, torch.zeros(w.shape[0])) for w in ws]).float())
+    monkeypatch.setattr(feacali, "fastest_stack", lambda x, ws, eps, slope, bias, norm_last:
+                        calls.append("fastest_stack") or reference_chain(
+                            x, [(w, torch.zeros(w.shape[0])) for w in ws[:-1]] + [(ws[-1], bias)], norm_last).float())
     with kernel_path(triton=True):
         model.training_losses(x, x)["total"].backward()
         model.predict(x)
-    assert calls.count("conv_in_lrelu_train") == 12 and calls.count("fastest_stack") == 3
+    # three scales: three normalised blocks each in training (the last one is conv + LeakyReLU), one chain at inference
+    assert calls.count("conv_in_lrelu_train") == 9 and calls.count("fastest_stack") == 3
 
 
 def test_training_function_under_bf16_autocast():

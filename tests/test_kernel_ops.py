@@ -33,7 +33,9 @@ def test_feacali_op_passes_opcheck(shape, dtype):
     c = shape[1]
     x = torch.randn(shape, dtype=dtype, device=KERNEL_DEVICE)
     weights = [torch.randn(a, b, 3, 3, device=KERNEL_DEVICE) / c for a, b in ((c // 2, c), (c, c // 2))]
-    torch.library.opcheck(ops.conv_in_lrelu_stack, (x, weights, 1e-5, 0.01))
+    torch.library.opcheck(ops.conv_in_lrelu_stack, (x, weights, 1e-5, 0.01, None, True))
+    bias = torch.randn(c, device=KERNEL_DEVICE)
+    torch.library.opcheck(ops.conv_in_lrelu_stack, (x, weights, 1e-5, 0.01, bias, False))
 
 
 def test_compiled_graph_calls_the_kernels_only_inside_the_block(monkeypatch):

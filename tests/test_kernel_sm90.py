@@ -53,15 +53,30 @@ def test_shared_memory_and_spills(report):
             assert info["spill_bytes"] == 0, (name, info)
 
 
+def test_bandwidth_bound_inference_kernels_keep_16_warps_resident_per_sm(report):
+    """Every config of every inference kernel but the tensor-core convolution
+    (compute-bound, with large tiles) leaves room for at least 16 warps per SM
+    (4 blocks of 4 warps) to hide memory latency."""
+    for name, info in report["launched"].items():
+        if info["inference"] and not name.startswith("feacali._conv3x3_stats_kernel"):
+            assert info["blocks_per_sm"] * info["num_warps"] >= 16, (name, info)
+
+
 def test_convolution_variants_use_tensor_cores_and_ordered_statistics(report):
     conv = variants(report, "feacali._conv3x3_stats_kernel")
-    for variant in ("*fp32", "*fp16", "*bf16", "NORM_INPUT=False", "NORM_INPUT=True", "num_warps=4", "num_warps=8"):
+    for variant in ("*fp32", "*fp16", "*bf16", "NORM_INPUT=False", "NORM_INPUT=True", "NORM_OUTPUT=False",
+                    "NORM_OUTPUT=True", "num_warps=4", "num_warps=8"):
         assert any(variant in name for name in conv), variant
     # The first convolution reads NCHW (pixel stride 1) and channels_last (channel stride 1) inputs.
     first = [name for name in conv if "NORM_INPUT=False" in name]
     assert len({name.rsplit(" ", 1)[1] for name in first}) >= 6  # 3 dtypes x 2 layouts specialise differently
     assert all(info["mma"] for info in conv.values())
-    assert all(info["acq_rel"] for info in conv.values())  # the last program reads the other tiles' partials
+    # one software-pipelined K-loop across the 9 taps (a loop per tap restarted the pipeline), plus the
+    # statistics' combination when there are statistics
+    assert all(info["loops"] == (2 if "NORM_OUTPUT=True" in name else 1) for name, info in conv.items()), \
+        {name: info["loops"] for name, info in conv.items()}
+    # with statistics, the last program reads the other tiles' partials
+    assert all(info["acq_rel"] for name, info in conv.items() if "NORM_OUTPUT=True" in name)
 
 
 def test_every_upsampling_mode_and_blur_radius(report):

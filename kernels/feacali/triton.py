@@ -14,15 +14,22 @@ Inference, a whole stack of blocks:
   a given tile configuration, whatever order the programs run in. With
   ``NORM_INPUT`` it applies the previous block's InstanceNorm + LeakyReLU to
   its input as it loads it, so every conv output is written once and read once.
-* ``_in_lrelu_apply_kernel``: the light pass that normalises the last block,
-  on [pixels x channels] tiles.
+  Without ``NORM_OUTPUT`` (a last block without InstanceNorm) the epilogue
+  adds the bias and applies the LeakyReLU instead, and takes no statistics.
+  The weights are repacked to (tap, C_in, C_out) once per weight and dtype
+  (``packed_weight``); the arrival counters are one zeroed buffer per device
+  that each launch leaves zero again (``arrival_counters``), so a chain
+  launches nothing but its kernels.
+* ``_in_lrelu_apply_kernel``: the light pass that normalises the last block
+  when it has InstanceNorm, on [pixels x channels] tiles.
 
 ``fastest_stack`` times this chain against the cuDNN chain once per shape on
 CUDA and keeps the faster.
 
-At inference the conv bias is dropped: InstanceNorm subtracts each channel's
-mean, so a per-channel constant never reaches the output. In training it stays
-in the convolution, and its gradient comes out zero up to rounding.
+At inference the bias of a block with InstanceNorm is dropped: InstanceNorm
+subtracts each channel's mean, so a per-channel constant never reaches the
+output. In training it stays in the convolution, and its gradient comes out
+zero up to rounding.
 
 Training, one block at a time: the convolution and its gradients run in cuDNN
 under autograd; ``InstanceNormLReLU`` (``_in_lrelu_forward_kernel`` and
@@ -32,6 +39,7 @@ backward, one program per (sample, channel) row, two passes in fp32.
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
@@ -62,14 +70,14 @@ def _prune_tiles(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest] or configs[:1]
 
 
-@triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT"],
-                 reset_to_zero=["count_ptr"], prune_configs_by={"early_config_prune": _prune_tiles},
+@triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT", "NORM_OUTPUT"],
+                 prune_configs_by={"early_config_prune": _prune_tiles},
                  do_bench=quick_bench)
 @triton.jit
-def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr, out_stats_ptr,
+def _conv3x3_stats_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr, out_stats_ptr,
                           N, C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw, eps, slope,
-                          NORM_INPUT: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          NORM_INPUT: tl.constexpr, NORM_OUTPUT: tl.constexpr, DOT_FP32: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -78,31 +86,38 @@ def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr
     o_h = o_m // W
     o_w = o_m % W
     b_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for tap in range(9):
+    # One loop over the 9 taps x the C_in blocks, so that the software pipeline
+    # (num_stages) runs across taps instead of restarting at each of them.
+    k_blocks = tl.cdiv(C_in, BLOCK_K)
+    for step in range(0, 9 * k_blocks):
+        tap = step // k_blocks
         i_h = o_h + tap // 3 - 1
         i_w = o_w + tap % 3 - 1
         m_pix = m_m & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W)
-        p_pix = x_ptr + i_b * x_sn + i_h * x_sh + i_w * x_sw
-        for k0 in range(0, C_in, BLOCK_K):
-            o_k = k0 + tl.arange(0, BLOCK_K)
-            m_k = o_k < C_in
-            m_a = m_pix[:, None] & m_k[None, :]
-            b_a = tl.load(p_pix[:, None] + o_k[None, :] * x_sc, mask=m_a, other=0.0).to(tl.float32)
-            if NORM_INPUT:
-                p_stats = in_stats_ptr + (i_b * C_in + o_k) * 2
-                mean = tl.load(p_stats, mask=m_k, other=0.0)
-                rstd = tl.load(p_stats + 1, mask=m_k, other=0.0)
-                b_a = (b_a - mean[None, :]) * rstd[None, :]
-                b_a = tl.where(m_a, tl.where(b_a >= 0, b_a, b_a * slope), 0.0)
-            p_w = w_ptr + (tap * C_in + o_k[:, None]) * C_out + o_n[None, :]
-            b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-            if DOT_FP32:  # the interpreter's low-precision tl.dot is wrong: products of the rounded values in fp32
-                b_acc += tl.dot(b_a, b_w.to(tl.float32))
-            else:
-                b_acc += tl.dot(b_a.to(b_w.dtype), b_w)
+        o_k = (step - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        m_k = o_k < C_in
+        m_a = m_pix[:, None] & m_k[None, :]
+        p_a = x_ptr + i_b * x_sn + (i_h * x_sh + i_w * x_sw)[:, None] + o_k[None, :] * x_sc
+        b_a = tl.load(p_a, mask=m_a, other=0.0).to(tl.float32)
+        if NORM_INPUT:
+            p_stats = in_stats_ptr + (i_b * C_in + o_k) * 2
+            mean = tl.load(p_stats, mask=m_k, other=0.0)
+            rstd = tl.load(p_stats + 1, mask=m_k, other=0.0)
+            b_a = (b_a - mean[None, :]) * rstd[None, :]
+            b_a = tl.where(m_a, tl.where(b_a >= 0, b_a, b_a * slope), 0.0)
+        p_w = w_ptr + (tap * C_in + o_k[:, None]) * C_out + o_n[None, :]
+        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if DOT_FP32:  # the interpreter's low-precision tl.dot is wrong: products of the rounded values in fp32
+            b_acc += tl.dot(b_a, b_w.to(tl.float32))
+        else:
+            b_acc += tl.dot(b_a.to(b_w.dtype), b_w)
     m_out = m_m[:, None] & m_n[None, :]
-    b_y = b_acc.to(y_ptr.dtype.element_ty)
     p_y = y_ptr + i_b * y_sn + o_n[None, :] * y_sc + o_h[:, None] * y_sh + o_w[:, None] * y_sw
+    if not NORM_OUTPUT:  # a block without InstanceNorm: bias and LeakyReLU here, no statistics
+        b_z = b_acc + tl.load(bias_ptr + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(p_y, tl.where(b_z >= 0, b_z, b_z * slope).to(y_ptr.dtype.element_ty), mask=m_out)
+        return
+    b_y = b_acc.to(y_ptr.dtype.element_ty)
     tl.store(p_y, b_y, mask=m_out)
     # Statistics of the stored (rounded) values: this tile's mean and sum of squared deviations.
     b_v = tl.where(m_out, b_y.to(tl.float32), 0.0)
@@ -134,6 +149,8 @@ def _conv3x3_stats_kernel(x_ptr, w_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr
         p_out = out_stats_ptr + (i_b * C_out + o_n) * 2
         tl.store(p_out, mean, mask=m_n)
         tl.store(p_out + 1, 1.0 / tl.sqrt(m2 / seen + eps), mask=m_n)
+        # Every tile has arrived: the counter goes back to zero for the next launch.
+        tl.store(count_ptr + i_b * tl.cdiv(C_out, BLOCK_N) + i_n, 0)
 
 
 @triton.jit
@@ -221,23 +238,59 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
         tl.store(dy_ptr + i_n * d_sn + i_c * d_sc + o_p * d_sp, b_dy.to(dy_ptr.dtype.element_ty), mask=o_p < HW)
 
 
-def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | None,
-                eps: float, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+# id(weight) -> (a weak reference to it, (version, data_ptr, dtype), its (tap, C_in, C_out) copy); an entry
+# goes when its weight does. (torch.utils.weak.WeakIdKeyDictionary does this at about 10x the lookup cost.)
+_PACKED: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: the arrival counters, all zero between launches
+
+
+def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` (C_out, C_in, 3, 3) as (3, 3, C_in, C_out) in ``dtype``, the
+    layout the convolution reads. Made once and kept while the weight lives;
+    remade when its data change (an in-place update bumps the version counter,
+    ``.data =`` or loading another storage moves the data pointer)."""
+    key = (weight._version, weight.data_ptr(), dtype)
+    cached = _PACKED.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == key:
+        return cached[2]
+    c_out, c_in = weight.shape[:2]
+    packed = torch.empty((3, 3, c_in, c_out), dtype=dtype, device=weight.device)
+    packed.copy_(weight.detach().permute(2, 3, 1, 0))
+    ident = id(weight)
+    _PACKED[ident] = (weakref.ref(weight, lambda _, ident=ident: _PACKED.pop(ident, None)), key, packed)
+    return packed
+
+
+def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
+    """At least ``count`` int32 counters on ``device``, zero. Each launch's last
+    program per (sample, channel block) sets its counter back to zero, so the
+    buffer is zeroed once, when it is made or grown, not before every launch
+    (launches on one stream never overlap; CUDA-graph replays find it zero too)."""
+    counters = _ARRIVALS.get(device)
+    if counters is None or counters.numel() < count:
+        counters = _ARRIVALS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+    return counters
+
+
+def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | None, partials: torch.Tensor,
+                eps: float, slope: float, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One implicit-GEMM conv3x3 (its input normalised on load when ``in_stats``
-    is given): its channels_last output and the fp32 (N, C_out, 2) mean and 1/std."""
+    is given): its channels_last output and the fp32 (N, C_out, 2) mean and 1/std.
+    With a ``bias`` the block has no InstanceNorm: the output is LeakyReLU(conv + bias)
+    and the statistics are not taken (the second value returned is ``in_stats``).
+    ``partials``: fp32 scratch of at least (H*W / MIN_BLOCK_M) * N * C_out * 2 values."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
-    packed = torch.empty((3, 3, c_in, c_out), dtype=x.dtype, device=x.device)
-    packed.copy_(weight.permute(2, 3, 1, 0))  # (tap, C_in, C_out) in x's dtype: one pass over the weights
+    packed = packed_weight(weight, x.dtype)
     y = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    stats = torch.empty((n, c_out, 2), dtype=torch.float32, device=x.device)
-    partials = torch.empty((cdiv(h * w, MIN_BLOCK_M), n, c_out, 2), dtype=torch.float32, device=x.device)
-    arrivals = torch.zeros((n, cdiv(c_out, MIN_BLOCK_N)), dtype=torch.int32, device=x.device)
+    stats = torch.empty((n, c_out, 2), dtype=torch.float32, device=x.device) if bias is None else in_stats
+    arrivals = arrival_counters(x.device, n * cdiv(c_out, MIN_BLOCK_N))
     grid = lambda meta: check_grid(  # noqa: E731
         (cdiv(h * w, meta["BLOCK_M"]), cdiv(c_out, meta["BLOCK_N"]), n))
     _conv3x3_stats_kernel[grid](
-        x, packed, y, stats if in_stats is None else in_stats, partials, arrivals, stats, n, c_in, c_out, h, w,
-        *x.stride(), *y.stride(), eps, slope, NORM_INPUT=in_stats is not None, DOT_FP32=INTERPRET)
+        x, packed, packed if bias is None else bias, y, partials if in_stats is None else in_stats, partials,
+        arrivals, partials if stats is None else stats, n, c_in, c_out, h, w, *x.stride(), *y.stride(), eps, slope,
+        NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=INTERPRET)
     return y, stats
 
 
@@ -248,15 +301,27 @@ def _apply_blocks(hw: int, c: int) -> tuple[int, int]:
 
 
 def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,
-                               negative_slope: float = 0.01) -> torch.Tensor:
+                               negative_slope: float = 0.01, last_bias: torch.Tensor | None = None,
+                               norm_last: bool = True) -> torch.Tensor:
     """A chain of conv3x3 -> InstanceNorm -> LeakyReLU blocks, inference only
-    (biases cancel under InstanceNorm). Returns (N, C_last, H, W), channels_last."""
+    (biases cancel under InstanceNorm); with ``norm_last=False`` the last block
+    is conv3x3 + ``last_bias`` (zero when None) -> LeakyReLU, fused into its
+    convolution. Returns (N, C_last, H, W), channels_last."""
     x = x.to(kernel_dtype(x))
-    y, stats = None, None
-    for weight in weights:
-        y, stats = _conv_stats(x if y is None else y, weight, stats, eps, negative_slope)
-    n, c, h, w = y.shape
-    out = torch.empty_like(y)  # y is channels_last: so is out
+    n, _, h, w = x.shape
+    # One scratch for every block's per-tile statistics: the blocks run one after the other.
+    partials = torch.empty(cdiv(h * w, MIN_BLOCK_M) * n * max(wt.shape[0] for wt in weights) * 2,
+                           dtype=torch.float32, device=x.device)
+    y, stats = x, None
+    for k, weight in enumerate(weights):
+        bias = None
+        if k == len(weights) - 1 and not norm_last:
+            bias = last_bias if last_bias is not None else x.new_zeros(weight.shape[0])  # read in fp32
+        y, stats = _conv_stats(y, weight, stats, partials, eps, negative_slope, bias)
+    if not norm_last:
+        return y
+    c = y.shape[1]
+    out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
     y, y_strides = pixel_run(y)
     _, out_strides = pixel_run(out)
     block_p, block_c = _apply_blocks(h * w, c)
@@ -266,7 +331,8 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
 
 
 def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float = 1e-5,
-                  negative_slope: float = 0.01) -> torch.Tensor:
+                  negative_slope: float = 0.01, last_bias: torch.Tensor | None = None,
+                  norm_last: bool = True) -> torch.Tensor:
     """The inference chain, fused (:func:`conv_in_lrelu_stack_triton`) or cuDNN.
 
     On CUDA both are timed once per shape and the faster one is kept: attorch
@@ -276,19 +342,20 @@ def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float =
     whatever autocast state the caller is in."""
 
     def fused():
-        return conv_in_lrelu_stack_triton(x, weights, eps, negative_slope)
+        return conv_in_lrelu_stack_triton(x, weights, eps, negative_slope, last_bias, norm_last)
 
     def cudnn():
         out = x.to(kernel_dtype(x))
+        biases = [None] * (len(weights) - 1) + [None if last_bias is None else last_bias.to(out.dtype)]
         with torch.autocast(x.device.type, enabled=False):
-            for weight in weights:
-                out = reference.conv_in_lrelu(out, weight.to(out.dtype), None, eps, negative_slope)
+            out = reference.conv_in_lrelu_stack(out, [weight.to(out.dtype) for weight in weights], biases, eps,
+                                                negative_slope, norm_last)
         return out.contiguous(memory_format=torch.channels_last)
 
     if not x.is_cuda:
         return fused()
     key = ("feacali", tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
-           tuple(tuple(w.shape) for w in weights), x.device)
+           tuple(tuple(w.shape) for w in weights), norm_last, x.device)
     return fused() if pick_faster(key, {"fused": fused, "cudnn": cudnn}) == "fused" else cudnn()
 
 

@@ -54,9 +54,9 @@ class Pipeline(nn.Module):
         teacher, student = self.model.encode_decode(image.to(self.dtype))
         calibrated = []
         for module, x in zip(self.model.feacali, student):
-            for conv in module.convs:
-                x = feacali_reference.conv_in_lrelu(x, conv.weight, conv.bias, module.eps, module.negative_slope)
-            calibrated.append(x)
+            calibrated.append(feacali_reference.conv_in_lrelu_stack(
+                x, [c.weight for c in module.convs], [c.bias for c in module.convs], module.eps,
+                module.negative_slope, module.norm_last))
         maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
                                                 tuple(image.shape[-2:]), self.model.config.sigma)
         return maps.flatten(1).amax(1), maps

@@ -24,6 +24,8 @@ class SACDConfig:
         sigma: Gaussian sigma of the anomaly map, >= 0 (0: no filter).
         teacher_input: "imagenet" (ImageNet mean/std for every teacher) or "native"
             (the scaling the teacher's weights were trained on; differs only for Lite0).
+        feacali_norm_last: whether FeaCali's last block has InstanceNorm (False: it
+            keeps each channel's level; docs/method.md, "FeaCali's last block").
     """
 
     backbone: Backbone = "wide_resnet50_2"
@@ -32,6 +34,7 @@ class SACDConfig:
     lambda_intra: float = 0.2
     sigma: float = 4.0
     teacher_input: TeacherInput = "imagenet"
+    feacali_norm_last: bool = False
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -41,6 +44,8 @@ class SACDConfig:
         size = self.image_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {size!r}")
+        if not isinstance(self.feacali_norm_last, bool):
+            raise ValueError(f"feacali_norm_last must be True or False, got {self.feacali_norm_last!r}")
         layers = self.feacali_layers
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"feacali_layers must be an integer >= 1, got {layers!r}")
@@ -57,11 +62,12 @@ class SACDConfig:
     @classmethod
     def from_dict(cls, values: dict, source: object = "config") -> "SACDConfig":
         """The config a checkpoint stored. Keys added since it was written take
-        their defaults (``teacher_input`` came later: older checkpoints fed
-        every teacher ImageNet-normalised input, the default); an unknown key is
-        refused with ValueError naming ``source``."""
+        the value that reproduces how it was trained: ``teacher_input`` the
+        default "imagenet" (older checkpoints fed every teacher ImageNet-normalised
+        input), ``feacali_norm_last`` True (older FeaCali modules normalised
+        their last block). An unknown key is refused with ValueError naming ``source``."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"{source}: unknown config keys {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{"feacali_norm_last": True, **values})

@@ -65,7 +65,7 @@ class SACD(nn.Module):
     Args:
         backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
-        image_size, feacali_layers, lambda_intra, sigma, teacher_input: see
+        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last: see
             :class:`SACDConfig`, which the model keeps as ``config``.
 
     Example:
@@ -77,15 +77,17 @@ class SACD(nn.Module):
 
     def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
-                 teacher_input: TeacherInput = "imagenet"):
+                 teacher_input: TeacherInput = "imagenet", feacali_norm_last: bool = False):
         super().__init__()
-        self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input)
+        self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,
+                                          feacali_norm_last)
         self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
         block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
         channels = self.teacher.channels
         self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
         self.decoder = Decoder(channels, block, decoder_layers, width_per_group)
-        self.feacali = nn.ModuleList(FeaCali(c, config.feacali_layers) for c in channels)
+        self.feacali = nn.ModuleList(FeaCali(c, config.feacali_layers, norm_last=config.feacali_norm_last)
+                                     for c in channels)
 
     @classmethod
     def from_config(cls, config: SACDConfig, teacher_weights=None) -> "SACD":
