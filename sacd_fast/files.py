@@ -40,8 +40,10 @@ def _explain(error: OSError, path: Path) -> OutputError:
 
 
 class _WatchedFile:
-    """A binary file whose write errors are remembered: torch.save reports a
-    full disk as a position mismatch, so the original OSError is kept here."""
+    """A binary file whose write errors and interruptions are remembered:
+    torch.save reports a full disk, or a Ctrl-C / SIGTERM that lands in a
+    write, as a position mismatch (RuntimeError), so the original OSError or
+    KeyboardInterrupt is kept here."""
 
     def __init__(self, file: BinaryIO):
         self._file, self.error = file, None
@@ -49,12 +51,16 @@ class _WatchedFile:
     def write(self, data) -> int:
         try:
             return self._file.write(data)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:
             self.error = e
             raise
 
     def __getattr__(self, name):
-        return getattr(self._file, name)
+        try:
+            return getattr(self._file, name)
+        except KeyboardInterrupt as e:
+            self.error = e
+            raise
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -79,6 +85,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         cause = watched.error if watched is not None and watched.error is not None else e
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause from None
         if isinstance(cause, OSError) and not isinstance(cause, OutputError):
             raise _explain(cause, path) from e
         raise

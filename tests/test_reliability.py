@@ -711,6 +711,40 @@ def small_filesystem(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", str(path)], check=True)
 
 
+def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, monkeypatch):
+    """SIGTERM's handler (or Ctrl-C) raising inside one of torch.save's writes:
+    torch turns that into a RuntimeError about the stream position; the write
+    must end as the interrupt it was, with no file and no temporary left."""
+    from sacd_fast import files
+
+    real_fdopen = os.fdopen
+
+    class InterruptedFile:  # the third write is interrupted
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: InterruptedFile(real_fdopen(fd, mode)))
+    path = tmp_path / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(path, lambda f: torch.save({"a": torch.zeros(1000), "b": torch.ones(1000)}, f))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_full_disk_during_training_names_the_folder(world, tmp_path):
     with small_filesystem(tmp_path / "small", "8m") as out:
         done = run_cli(train_args(world.data, out))
