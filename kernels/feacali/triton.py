@@ -287,9 +287,10 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
     arrivals = arrival_counters(x.device, n * cdiv(c_out, MIN_BLOCK_N))
     grid = lambda meta: check_grid(  # noqa: E731
         (cdiv(h * w, meta["BLOCK_M"]), cdiv(c_out, meta["BLOCK_N"]), n))
+    unused = partials  # stands for a pointer that this variant of the kernel never reads or writes
     _conv3x3_stats_kernel[grid](
-        x, packed, packed if bias is None else bias, y, partials if in_stats is None else in_stats, partials,
-        arrivals, partials if stats is None else stats, n, c_in, c_out, h, w, *x.stride(), *y.stride(), eps, slope,
+        x, packed, unused if bias is None else bias, y, unused if in_stats is None else in_stats, partials,
+        arrivals, unused if stats is None else stats, n, c_in, c_out, h, w, *x.stride(), *y.stride(), eps, slope,
         NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=INTERPRET)
     return y, stats
 
