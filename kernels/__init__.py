@@ -172,11 +172,6 @@ def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases
         run = _ops.conv_in_lrelu_stack if torch.compiler.is_compiling() else _feacali.fastest_stack
         return run(x, weights, eps, negative_slope, None if norm_last else biases[-1], norm_last)
     block = _feacali.conv_in_lrelu_train if triton_path else feacali_reference.conv_in_lrelu
-    last = len(weights) - 1
-    for k, (weight, bias) in enumerate(zip(weights, biases)):
-        weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
-        if k == last and not norm_last:
-            x = feacali_reference.conv_lrelu(x, weight, bias, negative_slope)
-        else:
-            x = block(x, weight, bias, eps, negative_slope)
-    return x
+    return feacali_reference.conv_in_lrelu_stack(
+        x, [weight.to(x.dtype) for weight in weights], [None if b is None else b.to(x.dtype) for b in biases], eps,
+        negative_slope, norm_last, block)

@@ -29,12 +29,15 @@ def conv_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
-                        eps: float = 1e-5, negative_slope: float = 0.01, norm_last: bool = True) -> torch.Tensor:
-    """The blocks one after the other, the last one without InstanceNorm unless ``norm_last``."""
+                        eps: float = 1e-5, negative_slope: float = 0.01, norm_last: bool = True,
+                        block=conv_in_lrelu) -> torch.Tensor:
+    """The blocks one after the other, the last one without InstanceNorm unless
+    ``norm_last``; ``block`` runs each normalised block (the Triton training
+    block on that path, with the same arguments as :func:`conv_in_lrelu`)."""
     last = len(weights) - 1
     for k, (weight, bias) in enumerate(zip(weights, biases)):
         if k == last and not norm_last:
             x = conv_lrelu(x, weight, bias, negative_slope)
         else:
-            x = conv_in_lrelu(x, weight, bias, eps, negative_slope)
+            x = block(x, weight, bias, eps, negative_slope)
     return x
