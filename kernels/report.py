@@ -12,8 +12,9 @@ recorded instead of run (:mod:`.recorder`):
   on the synthetic-anomaly branch, fp32.
 
 It counts the PyTorch operators that launch a device kernel too (copies,
-fills, cuDNN convolutions), by name. Per kernel it gives the launches, the bytes that the launch's tensors hold
-(each read or written once: the least any implementation moves), the FLOPs of
+fills, cuDNN convolutions), by name. Per kernel it gives the launches, the
+bytes that the launch's tensors hold (each read or written once: the least
+any implementation moves), the FLOPs of
 the convolutions, and the H200 floor time, the larger of bytes / 4.0 TB/s and
 FLOPs / 754 TFLOP/s (bf16, fp16) or / 377 TFLOP/s (fp32 inputs, TF32 tensor
 cores at half the bf16 rate). From the sm_90 compilation of every autotuning

@@ -13,11 +13,9 @@ from sacd_fast.kernels.anomaly_map import triton as anomaly_map  # noqa: E402
 from sacd_fast.kernels.feacali import triton as feacali  # noqa: E402
 from sacd_fast.kernels.launch import MAX_GRID  # noqa: E402
 from sacd_fast.kernels.recorder import recording  # noqa: E402
+from sacd_fast.kernels.report import SCALES, SIZE  # noqa: E402  (feature shapes per backbone at 256²)
 from sacd_fast.kernels.simplex import triton as simplex  # noqa: E402
 
-SCALES = {"wide_resnet50_2": [(256, 64), (512, 32), (1024, 16)],
-          "efficientnet_lite0": [(24, 64), (40, 32), (112, 16)]}
-SIZE = 256
 CUDA_LIMITS = (2**31 - 1, 65535, 65535)
 
 
