@@ -47,11 +47,13 @@ def test_training_launches(lite0):
     case = lite0[("training", 32)]
     kernels = rows(case)
     assert {name: row["launches"] for name, row in kernels.items()} == {
-        "simplex._permutation_kernel": 1, "simplex._synthesize_kernel": 1,
+        "simplex._permutation_kernel": 1, "simplex._copy_mask_kernel": 1, "simplex._patch_noise_kernel": 1,
         "feacali._in_lrelu_forward_kernel": 9, "feacali._in_lrelu_backward_kernel": 9}
     assert case["torch_kernels"]["convolution"] == case["torch_kernels"]["convolution_backward"] == 12  # cuDNN
-    # the synthesis reads and writes 32 fp32 images of 3 x 256², and writes their fp32 masks
-    assert kernels["simplex._synthesize_kernel"]["bytes"] >= 32 * 256 * 256 * (2 * 3 * 4 + 4)
+    # the copy reads and writes 32 fp32 images of 3 x 256² and writes their fp32 masks; the noise reads and
+    # writes at most a 31 x 31 patch per image and channel
+    assert kernels["simplex._copy_mask_kernel"]["bytes"] >= 32 * 256 * 256 * (2 * 3 * 4 + 4)
+    assert kernels["simplex._patch_noise_kernel"]["bytes"] == 32 * 3 * 31 * 31 * 2 * 4
 
 
 def test_markdown_has_a_row_per_kernel(lite0):

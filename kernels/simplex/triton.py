@@ -2,15 +2,17 @@
 "Anomaly synthesis").
 
 * ``_permutation_kernel``: opensimplex's seeded permutation tables, one
-  program per seed; the 256-step shuffle runs on a register vector, with the
-  64-bit LCG wrapping like C.
+  program per seed: each lane follows one index through the shuffle's 256
+  swaps, with no reduction, and the draws' modulo runs in 32 bits.
 * ``_noise_field_kernel``: fractal noise on a (B, C, H, W) grid, as the
   reference :func:`sacd_fast.kernels.reference.simplex_noise3d`.
-* ``_synthesize_kernel``: one launch for the whole batch. It places each
-  image's patch from its seed (as ``reference.patch_geometry``), copies every
-  image, adds ``strength * noise`` inside the patch (noise in patch-local
-  coordinates) and writes the masks. A tile that misses its image's patch
-  only copies.
+* ``_copy_mask_kernel`` and ``_patch_noise_kernel``: the synthesis, two
+  launches for the whole batch, each placing every image's patch from its
+  seed (as ``reference.patch_geometry``). The first copies every image and
+  writes the masks, bandwidth-bound and free of float64; the second runs only
+  over patch-sized grids and adds ``strength * noise`` (patch-local
+  coordinates) inside each patch, small tiles keeping the float64 noise in
+  registers.
 
 The noise is evaluated in float64, as opensimplex does, so that it matches the
 package to 1e-5 at every octave; the field is stored in float32.
@@ -40,32 +42,56 @@ _DRAW_MASK = tl.constexpr(reference.DRAW_MASK)
 _GRADIENTS = tl.constexpr(len(GRADIENTS_3D))  # gradient vectors in the table
 
 
+def _signed(value: int) -> int:
+    """``value`` mod 2**64 as a signed 64-bit integer (the kernels' int64 wraps like C)."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def _lcg_power(steps: int) -> tuple[int, int]:
+    """(a, c) such that ``steps`` LCG steps take ``state`` to ``a * state + c`` (wrapping)."""
+    a, c = 1, 0
+    for _ in range(steps):
+        a, c = a * reference.LCG_MULTIPLIER, c * reference.LCG_MULTIPLIER + reference.LCG_INCREMENT
+    return _signed(a), _signed(c)
+
+
+# The shuffle's last draw is the seed's 3 + 256th LCG state; the inverse multiplier steps the LCG back.
+_LAST_DRAW_MULTIPLIER, _LAST_DRAW_INCREMENT = (tl.constexpr(v) for v in _lcg_power(3 + 256))
+_LCG_INVERSE = tl.constexpr(_signed(pow(reference.LCG_MULTIPLIER, -1, 2**64)))
+
+
 @triton.jit
 def _lcg(state):
     return state * _LCG_MULTIPLIER + _LCG_INCREMENT
 
 
 @triton.jit
+def _shuffle_index(state, n):
+    """opensimplex's ``(state + 31) % n`` (floor modulo of the int64 ``state``,
+    1 <= n <= 256) in 32-bit arithmetic: Horner's rule on the state's base-2**16
+    digits, every partial value below 2**18."""
+    digit = 65536 % n
+    r = (state >> 32).to(tl.int32) % n + n  # the signed top digit; C's remainder, made positive
+    r = (r * digit + ((state >> 16) & 0xFFFF).to(tl.int32)) % n
+    return (r * digit + (state & 0xFFFF).to(tl.int32) + 31) % n
+
+
+@triton.jit
 def _permutation_kernel(seeds_ptr, perm_ptr, grad_index_ptr):
+    """opensimplex's shuffle is the product of the swaps (i, r_i), i = 255..0.
+    Each lane p follows its own index through them, last swap first, so
+    ``perm[p]`` needs no exchange between lanes; the draws r_i come from the
+    LCG run backwards from its last state."""
     i_b = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, 256)
-    state = tl.load(seeds_ptr + i_b)
-    source = o.to(tl.int64)
-    perm = tl.zeros([256], dtype=tl.int64)
-    for _ in range(3):
-        state = _lcg(state)
-    for k in range(256):
-        i = 255 - k
-        state = _lcg(state)
-        r = state % (i + 1)  # C remainder of the int64 state, made a floor modulo, in [0, i]:
-        r = tl.where(r < 0, r + i + 1, r).to(tl.int32)
-        r = (r + 31) % (i + 1)  # so the second modulo runs in int32
-        picked = tl.sum(tl.where(o == r, source, 0))
-        last = tl.sum(tl.where(o == i, source, 0))
-        perm = tl.where(o == i, picked, perm)
-        source = tl.where(o == r, last, source)
-    tl.store(perm_ptr + i_b * 256 + o, perm.to(tl.int32))
-    tl.store(grad_index_ptr + i_b * 256 + o, ((perm % _GRADIENTS) * 3).to(tl.int32))
+    state = tl.load(seeds_ptr + i_b) * _LAST_DRAW_MULTIPLIER + _LAST_DRAW_INCREMENT
+    b_q = o
+    for i in range(256):
+        r = _shuffle_index(state, i + 1)
+        b_q = tl.where(b_q == i, r, tl.where(b_q == r, i, b_q))
+        state = (state - _LCG_INCREMENT) * _LCG_INVERSE
+    tl.store(perm_ptr + i_b * 256 + o, b_q)
+    tl.store(grad_index_ptr + i_b * 256 + o, (b_q % _GRADIENTS) * 3)
 
 
 @triton.jit
@@ -289,32 +315,43 @@ def _patch_geometry(seed, H, W, lo_h, hi_h, lo_w, hi_w):
 
 
 @triton.jit
-def _synthesize_kernel(x_ptr, out_ptr, mask_ptr, seeds_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
-                       C, H, W, lo_h, hi_h, lo_w, hi_w, strength,
-                       OCTAVES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+def _copy_mask_kernel(x_ptr, out_ptr, mask_ptr, seeds_ptr, C, H, W, lo_h, hi_h, lo_w, hi_w, BLOCK: tl.constexpr):
+    """Copies a block of pixels of one image, every channel, and writes its mask
+    from the image's patch. No noise here: every block runs at full occupancy."""
+    i_o, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    top, left, height, width = _patch_geometry(tl.load(seeds_ptr + i_b), H, W, lo_h, hi_h, lo_w, hi_w)
+    o = i_o * BLOCK + tl.arange(0, BLOCK)
+    m = o < H * W
+    y = o // W
+    x = o % W
+    inside = (y >= top) & (y < top + height) & (x >= left) & (x < left + width)
+    tl.store(mask_ptr + i_b * H * W + o, tl.where(inside, 1.0, 0.0).to(mask_ptr.dtype.element_ty), mask=m)
+    for i_c in range(C):
+        offsets = (i_b * C + i_c) * H * W + o
+        tl.store(out_ptr + offsets, tl.load(x_ptr + offsets, mask=m), mask=m)
+
+
+@triton.jit
+def _patch_noise_kernel(x_ptr, out_ptr, seeds_ptr, perm_ptr, grad_index_ptr, vectors_ptr, params_ptr,
+                        C, H, W, lo_h, hi_h, lo_w, hi_w, strength,
+                        OCTAVES: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
+    """``out = x + strength * noise`` on one tile of one channel's patch, in
+    patch-local coordinates. The grid covers the largest patch the bounds
+    allow; a tile beyond its own image's patch does nothing."""
     i_bc, i_y, i_x = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b = i_bc // C
-    i_c = i_bc % C
     top, left, height, width = _patch_geometry(tl.load(seeds_ptr + i_b), H, W, lo_h, hi_h, lo_w, hi_w)
-    o_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
-    o_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
-    m = (o_y < H)[:, None] & (o_x < W)[None, :]
-    offsets = o_y[:, None] * W + o_x[None, :]
-    b_x = tl.load(x_ptr + i_bc * H * W + offsets, mask=m, other=0.0).to(tl.float32)
-    l_y = o_y - top
-    l_x = o_x - left
-    inside = ((l_y >= 0) & (l_y < height))[:, None] & ((l_x >= 0) & (l_x < width))[None, :]
-    hits = (top < (i_y + 1) * BLOCK_Y) & (top + height > i_y * BLOCK_Y) & \
-        (left < (i_x + 1) * BLOCK_X) & (left + width > i_x * BLOCK_X)
-    if hits:
+    if (i_y * BLOCK_Y < height) & (i_x * BLOCK_X < width):
+        l_y = i_y * BLOCK_Y + tl.arange(0, BLOCK_Y)
+        l_x = i_x * BLOCK_X + tl.arange(0, BLOCK_X)
+        m = (l_y < height)[:, None] & (l_x < width)[None, :]
+        offsets = i_bc * H * W + (top + l_y)[:, None] * W + (left + l_x)[None, :]
         zeros = tl.zeros([BLOCK_Y, BLOCK_X], dtype=tl.float64)
         noise = _fractal(zeros + l_x[None, :].to(tl.float64), zeros + l_y[:, None].to(tl.float64),
-                         zeros + i_c.to(tl.float64), perm_ptr + i_b * 256, grad_index_ptr + i_b * 256,
+                         zeros + (i_bc % C).to(tl.float64), perm_ptr + i_b * 256, grad_index_ptr + i_b * 256,
                          vectors_ptr, tl.load(params_ptr), tl.load(params_ptr + 1), OCTAVES)
-        b_x = tl.where(inside, b_x + strength * noise.to(tl.float32), b_x)
-    tl.store(out_ptr + i_bc * H * W + offsets, b_x.to(out_ptr.dtype.element_ty), mask=m)
-    if i_c == 0:
-        tl.store(mask_ptr + i_b * H * W + offsets, tl.where(inside, 1.0, 0.0).to(mask_ptr.dtype.element_ty), mask=m)
+        b_x = tl.load(x_ptr + offsets, mask=m, other=0.0).to(tl.float32) + strength * noise.to(tl.float32)
+        tl.store(out_ptr + offsets, b_x.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @functools.lru_cache(maxsize=16)
@@ -335,7 +372,7 @@ def simplex_permutations_triton(seeds: torch.Tensor) -> tuple[torch.Tensor, torc
     seeds = seeds.to(torch.int64).reshape(-1).contiguous()
     perm = torch.empty((seeds.numel(), 256), dtype=torch.int32, device=seeds.device)
     grad_index = torch.empty_like(perm)
-    # One warp per seed: the shuffle's 512 sequential reductions stay inside the warp.
+    # One warp per seed: 8 indices a lane, 256 short dependent steps.
     _permutation_kernel[check_grid((seeds.numel(),))](seeds, perm, grad_index, num_warps=1)
     return perm, grad_index
 
@@ -356,18 +393,22 @@ def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persist
 def synthesize_triton(x01: torch.Tensor, seeds: torch.Tensor, strength: float, bounds_h: tuple[int, int],
                       bounds_w: tuple[int, int], octaves: int = 6, persistence: float = 0.6, frequency: float = 32.0
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt a (B, C, H, W) batch: the permutation tables, then one launch that
-    places each image's patch from its seed, adds the noise and writes the float
-    masks (B, 1, H, W)."""
+    """Corrupt a (B, C, H, W) batch: the permutation tables, a copy of every
+    image with its float mask (B, 1, H, W), then the noise added inside each
+    patch, each image's patch placed from its seed."""
     b, c, h, w = x01.shape
     x01 = x01.contiguous()
     seeds = seeds.to(torch.int64).reshape(-1).contiguous()
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty(x01.shape, dtype=x01.dtype, device=x01.device)
     masks = torch.empty((b, 1, h, w), dtype=x01.dtype, device=x01.device)
-    block_y, block_x = 16, block_size(w, 32)
-    grid = check_grid((b * c, cdiv(h, block_y), cdiv(w, block_x)))
-    _synthesize_kernel[grid](x01, out, masks, seeds, perm, grad_index, _vectors(x01.device),
-                             _params(persistence, frequency, x01.device), c, h, w, *bounds_h, *bounds_w,
-                             float(strength), OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)
+    block = block_size(h * w)
+    _copy_mask_kernel[check_grid((cdiv(h * w, block), b))](
+        x01, out, masks, seeds, c, h, w, *bounds_h, *bounds_w, BLOCK=block)
+    # 128 points a tile, one per thread: the float64 noise then fits in registers.
+    block_y, block_x = 8, 16
+    grid = check_grid((b * c, cdiv(bounds_h[1] - 1, block_y), cdiv(bounds_w[1] - 1, block_x)))
+    _patch_noise_kernel[grid](x01, out, seeds, perm, grad_index, _vectors(x01.device),
+                              _params(persistence, frequency, x01.device), c, h, w, *bounds_h, *bounds_w,
+                              float(strength), OCTAVES=octaves, BLOCK_Y=block_y, BLOCK_X=block_x)
     return out, masks
