@@ -75,10 +75,12 @@ def test_one_pixel_wide_or_high_maps_read_their_real_strides(shape, view, poison
     assert_close(out, float64_reference([teacher], [student], size, sigma=0), "anomaly_map")
 
 
+# (2, 9, 23): smaller than the 33 taps, reflection repeats; (1, 100, 90): tiles away from the border too
+@pytest.mark.parametrize("shape", [(2, 9, 23), (1, 100, 90)])
 @pytest.mark.parametrize("sigma", [0.0, 1.0, 2.5, 4.0])
-def test_gaussian_filter_equals_scipy(sigma, poison_outputs):
+def test_gaussian_filter_equals_scipy(sigma, shape, poison_outputs):
     ndimage = pytest.importorskip("scipy.ndimage")
-    maps = torch.rand(2, 9, 23)  # smaller than the 33 taps: reflection repeats
+    maps = torch.rand(*shape)
     expected = np.stack([ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=4.0) if sigma else m
                          for m in maps.double().numpy()])
     np.testing.assert_allclose(reference.gaussian_blur(maps.double(), sigma).numpy(), expected, atol=1e-12)
