@@ -70,12 +70,21 @@ def _prune_tiles(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest] or configs[:1]
 
 
-@triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT", "NORM_OUTPUT"],
+def batch_bucket(n: int) -> int:
+    """The batch as the convolution's autotuner sees it: 1, 2, 4, 8, 16 or 32 and
+    more. The grid grows with the batch, so the best tile does too; one tuning
+    per bucket, not per batch size (a smaller last batch re-tunes nothing)."""
+    return min(next_power_of_2(n), 32)
+
+
+@triton.autotune(configs=_conv_configs(), key=["C_in", "C_out", "H", "W", "x_sc", "NORM_INPUT", "NORM_OUTPUT",
+                                               "n_bucket"],
                  prune_configs_by={"early_config_prune": _prune_tiles},
                  do_bench=quick_bench)
-@triton.jit
+@triton.jit(do_not_specialize=["n_bucket"])
 def _conv3x3_stats_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr, out_stats_ptr,
                           N, C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw, eps, slope,
+                          n_bucket,  # batch_bucket(N): read by the autotuner only
                           NORM_INPUT: tl.constexpr, NORM_OUTPUT: tl.constexpr, DOT_FP32: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -291,7 +300,7 @@ def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | 
     _conv3x3_stats_kernel[grid](
         x, packed, unused if bias is None else bias, y, unused if in_stats is None else in_stats, partials,
         arrivals, unused if stats is None else stats, n, c_in, c_out, h, w, *x.stride(), *y.stride(), eps, slope,
-        NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=INTERPRET)
+        batch_bucket(n), NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=INTERPRET)
     return y, stats
 
 
