@@ -113,7 +113,13 @@ def _unique_tensors(launch: Launch) -> list[torch.Tensor]:
 
 
 def launch_bytes(launch: Launch) -> int:
-    """Bytes held by the launch's distinct tensors: what it must read or write at least once."""
+    """Bytes held by the launch's distinct tensors: what it must read or write
+    at least once. The synthesis' noise kernel touches only the patches: its
+    images count as the largest patch, read and written, per image and channel."""
+    if launch.name == "simplex._patch_noise_kernel":
+        values = dict(zip(launch.kernel.arg_names, launch.args))
+        x = values["x_ptr"]
+        return 2 * x.shape[0] * x.shape[1] * (values["hi_h"] - 1) * (values["hi_w"] - 1) * x.element_size()
     return sum(t.numel() * t.element_size() for t in _unique_tensors(launch))
 
 

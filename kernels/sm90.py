@@ -121,6 +121,8 @@ def _compile_job(index: int) -> tuple[str, dict]:
                   "spill_bytes": sum(int(b) for b in re.findall(r"(\d+) bytes spill (?:stores|loads)", text)),
                   "blocks_per_sm": blocks_per_sm(registers, shared, warps),
                   "mma": "mma" in ptx, "fp64": ".f64" in ptx, "acq_rel": "acq_rel" in ptx,
+                  "vector_loads": "ld.global.v" in ptx, "cross_lane": bool(re.search(r"\b(?:shfl|redux)\.sync", ptx)),
+                  "rem": sorted(set(re.findall(r"\brem\.([su]\d+)", ptx))),
                   "loops": ptx_loops(ptx), "ptx": ptx}
 
 
@@ -128,7 +130,8 @@ def compile_variants(launches: list[Launch], processes: int | None = None) -> di
     """``{variant_name: stats}`` for every launch and every autotuning config it
     may run with (each distinct binary once): shared bytes, registers, spill
     bytes, warps, blocks per SM, whether the PTX has tensor-core ``mma``,
-    fp64 or ``acq_rel`` instructions, its loops, and the PTX itself."""
+    fp64, ``acq_rel``, vector global-load or cross-lane (``shfl``, ``redux``) instructions, the
+    types of its integer remainders, its loops, and the PTX itself."""
     from triton import knobs
 
     check_not_interpreted()

@@ -10,7 +10,8 @@ recorded launch is then compiled for sm_90 once per autotuning config
 
 Prints one JSON object on its last line:
 ``{"launched": {"module.kernel [variant]": {"shared", "registers", "spill_bytes",
-"num_warps", "blocks_per_sm", "mma", "fp64", "acq_rel", "inference"}},
+"num_warps", "blocks_per_sm", "mma", "fp64", "acq_rel", "vector_loads", "cross_lane",
+"rem", "inference"}},
 "jit": [every module.name]}``.
 """
 
@@ -39,7 +40,7 @@ def features(dtype, channels_last, scales, batch=2):
 def inference_launches():
     """The inference launchers at WideResNet-50-2 / 256² shapes (batch 2: only the sizes matter),
     fp32, fp16 and bf16, NCHW and channels_last, FeaCali's last block with and without InstanceNorm,
-    one to six scales in both modes, three blur radii."""
+    one to six scales in both modes, three blur radii, and a radius beyond the map's side."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for channels_last in (False, True):
             teacher = features(dtype, channels_last, WRN_SCALES)
@@ -54,6 +55,8 @@ def inference_launches():
     for count in range(1, 7):  # every SCALES / ACCUMULATE combination, both modes, blur radii 1, 8 and 16
         for mode, sigma in (("add", 0.25), ("mul", 2.0), ("add", 4.0)):
             anomaly_map.cosine_anomaly_map_triton(scales[:count], scales[:count], (32, 32), sigma, mode)
+    # a blur radius (16) beyond the map's side (8): the reflection folds more than once
+    anomaly_map.cosine_anomaly_map_triton(scales[:1], scales[:1], (8, 8), 4.0, "add")
 
 
 def training_launches():

@@ -56,10 +56,10 @@ def test_every_launch_fits_the_cuda_grid_limits(path, backbone, batch):
     with recording() as launches:
         (inference_launches if path == "inference" else training_launches)(batch, SCALES[backbone])
     expected = {"inference": {"anomaly_map._cosine_distance_kernel", "anomaly_map._upsample_combine_kernel",
-                              "anomaly_map._gaussian_kernel", "feacali._conv3x3_stats_kernel",
+                              "anomaly_map._gaussian_columns_kernel", "feacali._conv3x3_stats_kernel",
                               "feacali._in_lrelu_apply_kernel"},
                 "training": {"feacali._in_lrelu_forward_kernel", "feacali._in_lrelu_backward_kernel",
-                             "simplex._permutation_kernel", "simplex._synthesize_kernel",
+                             "simplex._permutation_kernel", "simplex._copy_mask_kernel", "simplex._patch_noise_kernel",
                              "simplex._noise_field_kernel"}}[path]
     assert {launch.name for launch in launches} == expected
     for launch in launches:
@@ -76,3 +76,15 @@ def test_the_launchers_refuse_a_grid_beyond_the_limits():
         check_grid((1, 65536))
     with recording(), pytest.raises(ValueError, match="has 70000 programs, CUDA allows"):
         inference_launches(70000, SCALES["efficientnet_lite0"])  # a clear error, not a failed launch
+
+
+@pytest.mark.parametrize("batch, bucket", [(1, 1), (3, 4), (32, 32), (100, 32)])
+def test_the_convolution_tunes_per_batch_bucket(batch, bucket):
+    """The batch sizes the grid, so it is in the autotuner's key, bucketed: a smaller last batch re-tunes
+    only when it falls into another bucket."""
+    assert "n_bucket" in feacali._conv3x3_stats_kernel.keys
+    with recording() as launches:
+        feacali.conv_in_lrelu_stack_triton(meta(batch, 64, 16, 16), [meta(b, a, 3, 3) for a, b in feacali_widths(64)])
+    buckets = [dict(zip(launch.kernel.arg_names, launch.args))["n_bucket"] for launch in launches
+               if launch.name == "feacali._conv3x3_stats_kernel"]
+    assert len(buckets) == 4 and set(buckets) == {bucket}
