@@ -94,6 +94,13 @@ def test_every_upsampling_mode_and_blur_radius(report):
     assert any("constexpr" in name.rsplit(" ", 1)[1] for name in gaussian)
 
 
+def test_the_normalisation_pass_reads_channels_last_rows_as_vectors(report):
+    """The pass that normalises a last block with InstanceNorm (checkpoints from before FeaCali's last
+    block lost it) reads [pixels x channels] tiles with the contiguous channels innermost."""
+    apply = variants(report, "feacali._in_lrelu_apply_kernel")
+    assert apply and all(info["vector_loads"] for info in apply.values())
+
+
 def test_the_permutation_shuffle_needs_no_reduction_and_no_64_bit_remainder(report):
     (info,) = variants(report, "simplex._permutation_kernel").values()
     assert not info["cross_lane"] and info["rem"] and not any(kind.endswith("64") for kind in info["rem"])
