@@ -57,6 +57,13 @@ def kernel_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
 
 
+def to_kernel_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :func:`kernel_dtype` (``t`` itself when it already is: ``Tensor.to`` costs microseconds
+    even when it has nothing to do)."""
+    dtype = kernel_dtype(t)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _pixel_stride(t: torch.Tensor) -> int | None:
     """The stride between consecutive pixels (row-major over H, W), or None if they are no single run."""
     _, _, h, w = t.shape

@@ -114,17 +114,17 @@ def check_conv_stack(x, weights, biases, eps, negative_slope) -> tuple[list, lis
         _fail(op, f"{len(weights)} weights and {len(biases)} biases; expected the same number, at least one")
     if x.shape[2] * x.shape[3] < 2:
         _fail(op, f"InstanceNorm needs more than one pixel per channel, got a {x.shape[2]}x{x.shape[3]} map")
-    channels = x.shape[1]
+    channels, device = x.shape[1], x.device
     for k, (weight, bias) in enumerate(zip(weights, biases)):
         check_tensor(op, f"weights[{k}]", weight, dim=4)
-        if tuple(weight.shape[1:]) != (channels, 3, 3):
+        if weight.shape[1:] != (channels, 3, 3):
             _fail(op, f"weights[{k}] must be (C_out, {channels}, 3, 3), got {tuple(weight.shape)}")
-        _same_device(op, f"weights[{k}]", weight, x.device, "x")
+        _same_device(op, f"weights[{k}]", weight, device, "x")
         if bias is not None:
             check_tensor(op, f"biases[{k}]", bias, dim=1)
             if bias.shape[0] != weight.shape[0]:
                 _fail(op, f"biases[{k}] has {bias.shape[0]} values for {weight.shape[0]} output channels")
-            _same_device(op, f"biases[{k}]", bias, x.device, "x")
+            _same_device(op, f"biases[{k}]", bias, device, "x")
         channels = weight.shape[0]
     return weights, biases, check_real(op, "eps", eps, minimum=0.0), check_real(op, "negative_slope", negative_slope)
 

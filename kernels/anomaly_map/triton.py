@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import block_size, cdiv, check_grid, kernel_dtype, next_power_of_2, pixel_run, quick_bench, tiles
+from ..launch import block_size, cdiv, check_grid, next_power_of_2, pixel_run, quick_bench, tiles, to_kernel_dtype
 from .reference import COSINE_EPS, gaussian_radius
 
 
@@ -167,8 +167,8 @@ def _gaussian_columns_kernel(in_ptr, out_ptr, H, W, radius, inv_sigma, inv_norm,
 
 def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``1 - cos`` over channels, float32 (B, h, w)."""
-    t, t_strides = pixel_run(t.to(kernel_dtype(t)))
-    s, s_strides = pixel_run(s.to(kernel_dtype(s)))
+    t, t_strides = pixel_run(to_kernel_dtype(t))
+    s, s_strides = pixel_run(to_kernel_dtype(s))
     b, c, h, w = t.shape
     out = torch.empty((b, h, w), dtype=torch.float32, device=t.device)
     grid = lambda meta: check_grid((cdiv(h * w, meta["BLOCK_P"]), b))  # noqa: E731

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..launch import (INTERPRET, block_size, cdiv, check_grid, empty_like_layout, kernel_dtype, next_power_of_2,
-                      pick_faster, pixel_run, quick_bench, tiles)
+from ..launch import (INTERPRET, block_size, cdiv, check_grid, empty_like_layout, next_power_of_2, pick_faster,
+                      pixel_run, quick_bench, tiles, to_kernel_dtype)
 from . import reference
 
 MIN_BLOCK_M, MIN_BLOCK_N = 32, 32  # the smallest conv tiles: they size the partial-statistics buffers
@@ -317,7 +317,7 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     (biases cancel under InstanceNorm); with ``norm_last=False`` the last block
     is conv3x3 + ``last_bias`` (zero when None) -> LeakyReLU, fused into its
     convolution. Returns (N, C_last, H, W), channels_last."""
-    x = x.to(kernel_dtype(x))
+    x = to_kernel_dtype(x)
     n, _, h, w = x.shape
     # One scratch for every block's per-tile statistics: the blocks run one after the other.
     partials = torch.empty(cdiv(h * w, MIN_BLOCK_M) * n * max(wt.shape[0] for wt in weights) * 2,
@@ -355,7 +355,7 @@ def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float =
         return conv_in_lrelu_stack_triton(x, weights, eps, negative_slope, last_bias, norm_last)
 
     def cudnn():
-        out = x.to(kernel_dtype(x))
+        out = to_kernel_dtype(x)
         biases = [None] * (len(weights) - 1) + [None if last_bias is None else last_bias.to(out.dtype)]
         with torch.autocast(x.device.type, enabled=False):
             out = reference.conv_in_lrelu_stack(out, [weight.to(out.dtype) for weight in weights], biases, eps,
