@@ -21,7 +21,6 @@ the maps themselves are 8 MB.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import torch
@@ -29,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..launch import block_size, cdiv, check_grid, next_power_of_2, pixel_run, quick_bench, tiles, to_kernel_dtype
-from .reference import COSINE_EPS, gaussian_radius
+from .reference import COSINE_EPS, gaussian_radius, gaussian_taps
 
 
 def _cosine_configs() -> list[triton.Config]:
@@ -178,9 +177,9 @@ def cosine_distance_triton(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _inverse_norm(sigma: float) -> float:
-    """1 / the sum of the unnormalised taps exp(-d^2 / 2 sigma^2), |d| <= radius."""
-    radius = gaussian_radius(sigma)
-    return 1.0 / sum(math.exp(-0.5 * (d / sigma) ** 2) for d in range(-radius, radius + 1))
+    """1 / the sum of the unnormalised taps exp(-d^2 / 2 sigma^2), |d| <= radius:
+    the normalised centre tap."""
+    return float(gaussian_taps(sigma, torch.float64)[gaussian_radius(sigma)])
 
 
 def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
