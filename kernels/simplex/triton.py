@@ -49,10 +49,10 @@ def _signed(value: int) -> int:
 
 def _lcg_power(steps: int) -> tuple[int, int]:
     """(a, c) such that ``steps`` LCG steps take ``state`` to ``a * state + c`` (wrapping)."""
-    a, c = 1, 0
+    c = 0
     for _ in range(steps):
-        a, c = a * reference.LCG_MULTIPLIER, c * reference.LCG_MULTIPLIER + reference.LCG_INCREMENT
-    return _signed(a), _signed(c)
+        c = reference.lcg_step(c)  # the steps from state 0
+    return _signed(pow(reference.LCG_MULTIPLIER, steps, 2**64)), c
 
 
 # The shuffle's last draw is the seed's 3 + 256th LCG state; the inverse multiplier steps the LCG back.
