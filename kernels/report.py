@@ -138,8 +138,9 @@ def floor_seconds(launch: Launch) -> float:
     return max(launch_bytes(launch) / H200["copy_bytes_per_s"], flops / rate)
 
 
-def host_seconds(call, repeats: int = 5, number: int = 20) -> float:
-    """Seconds per call with the launches stubbed: the best of ``repeats`` means over ``number`` calls."""
+def host_seconds(call, repeats: int = 30, number: int = 20) -> float:
+    """Seconds per call with the launches stubbed: the best of ``repeats`` means over ``number`` calls
+    (on a shared machine, the least disturbed of many short runs)."""
     with _stubbed():
         call()  # first-call work (imports, caches) is not the steady state
         best = float("inf")

@@ -10,6 +10,8 @@ The default profile runs a bounded, reproducible number of examples;
 HYPOTHESIS_PROFILE=long searches longer.
 """
 
+import itertools
+
 import pytest
 import torch
 from conftest import KERNEL_DEVICE, LAYOUTS, assert_close, kernel_path, with_layout
@@ -17,6 +19,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sacd_fast import kernels
+from sacd_fast.kernels import validation
 from sacd_fast.kernels.anomaly_map import reference as map_reference
 from sacd_fast.kernels.feacali import reference as feacali_reference
 from sacd_fast.kernels.simplex import reference as simplex_reference
@@ -303,3 +306,56 @@ def test_every_bad_argument_is_refused_with_a_named_error(bad):
     make, name = bad
     message = refusal(make(name))
     assert len(message) > 20 and "\n" not in message
+
+
+def near_tensor(shape: tuple[int, ...], device: str, dtype: torch.dtype, change: str, axis: int):
+    """A tensor of ``shape``, ``dtype`` and ``device`` with ``change`` made: a size (``axis``'s) set to 0 or
+    to another, a dimension fewer or more, an integer dtype, the other device; or a value that is no tensor."""
+    shape, axis = list(shape), axis % len(shape)
+    if change == "zero size":
+        shape[axis] = 0
+    elif change == "other size":
+        shape[axis] += 1
+    elif change == "fewer dims":
+        shape.pop(axis)
+    elif change == "more dims":
+        shape.insert(axis, 2)
+    elif change == "integer dtype":
+        dtype = torch.int64
+    elif change == "other device":
+        device = "meta" if device == "cpu" else "cpu"
+    elif change == "no tensor":
+        return [1.0]
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def accepted(check, *args) -> bool:
+    try:
+        check(*args)
+    except ValueError:
+        return False
+    return True
+
+
+CHANGES = ("none", "zero size", "other size", "fewer dims", "more dims", "integer dtype", "other device",
+           "no tensor")
+
+
+@given(st.integers(1, 3), st.integers(1, 3), st.lists(DTYPES | st.just(torch.float64), min_size=4, max_size=4))
+def test_quick_argument_checks_accept_only_what_the_full_checks_accept(c_in, c_out, dtypes):
+    """The validation's one-expression fast paths never let through what its named checks refuse: every
+    change, to every argument (both feature maps at once too), on every axis, on either device."""
+    for change, target, axis, device in itertools.product(
+            CHANGES, ("weight", "bias", "teacher", "student", "both maps"), range(4), ("cpu", "meta")):
+        def make(k, name, shape):
+            return near_tensor(shape, device, dtypes[k], change if target in (name, "both maps") else "none", axis)
+
+        on, case = torch.device(device), (change, target, axis, device)
+        weight, bias = make(0, "weight", (c_out, c_in, 3, 3)), make(1, "bias", (c_out,))
+        if validation._conv_weight_ok(weight, c_in, on):
+            assert accepted(validation._check_conv_weight, "op", 0, weight, c_in, on), case
+        if validation._bias_ok(bias, c_out, on):
+            assert accepted(validation._check_bias, "op", 0, bias, c_out, on), case
+        t, s = make(2, "teacher", (2, c_in, 3, 2)), make(3, "student", (2, c_in, 3, 2))
+        if validation._feature_pair_ok(t, s, 2, on):
+            assert accepted(validation._check_feature_pair, "op", 0, t, s, 2, on), case
