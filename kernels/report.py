@@ -24,7 +24,8 @@ resident blocks and warps per SM (of 64), whether the PTX copies asynchronously
 FeaCali convolution: its K-loop over 9 taps x C_in, and the statistics'
 combination). Finally the host time of each
 public call with its launches stubbed, measured on the machine running the
-report: the launchers' own Python work, what a batch-1 GPU inference waits on.
+report (the best of six rounds, see :func:`host_milliseconds`): the launchers'
+own Python work, what a batch-1 GPU inference waits on.
 Where a call runs PyTorch operators too (the training step's cuDNN
 convolutions), their meta-tensor implementations (Python shape functions,
 slower than the CUDA dispatch) are in that time: an upper bound.
@@ -138,9 +139,8 @@ def floor_seconds(launch: Launch) -> float:
     return max(launch_bytes(launch) / H200["copy_bytes_per_s"], flops / rate)
 
 
-def host_seconds(call, repeats: int = 30, number: int = 20) -> float:
-    """Seconds per call with the launches stubbed: the best of ``repeats`` means over ``number`` calls
-    (on a shared machine, the least disturbed of many short runs)."""
+def host_seconds(call, repeats: int = 5, number: int = 20) -> float:
+    """Seconds per call with the launches stubbed: the best of ``repeats`` means over ``number`` calls."""
     with _stubbed():
         call()  # first-call work (imports, caches) is not the steady state
         best = float("inf")
@@ -150,6 +150,17 @@ def host_seconds(call, repeats: int = 30, number: int = 20) -> float:
                 call()
             best = min(best, (time.perf_counter() - start) / number)
     return best
+
+
+def host_milliseconds(cases, rounds: int = 6) -> dict[tuple, dict[str, float]]:
+    """``{case: {public call: ms}}``, each the best of ``rounds`` rounds that measure every case in turn: a
+    shared machine's busy spells, which last seconds, fall on some rounds of every case, not on all of one."""
+    best: dict[tuple, dict[str, float]] = {case: {} for case in cases}
+    for _ in range(rounds):
+        for case in cases:
+            for name, call in public_calls(*case):
+                best[case][name] = min(best[case].get(name, float("inf")), host_seconds(call) * 1e3)
+    return {case: {name: round(ms, 4) for name, ms in calls.items()} for case, calls in best.items()}
 
 
 class _TorchKernels(TorchDispatchMode):
@@ -239,9 +250,9 @@ def build(compile: bool = True, batches=BATCHES, backbones=tuple(SCALES)) -> dic
         compiled = compile_variants([launch for launches, _ in recorded.values() for launch in launches])
     report = {"machine": machine(),
               "target": {"gpu": "H200 (sm_90, 132 SMs)", **H200}, "cases": []}
+    hosts = host_milliseconds(cases)
     for (path, backbone, batch), (launches, torch_kernels) in recorded.items():
-        calls = public_calls(path, backbone, batch)
-        host = {name: round(host_seconds(call) * 1e3, 4) for name, call in calls}
+        host = hosts[path, backbone, batch]
         report["cases"].append({
             "path": path, "backbone": backbone, "batch": batch, "launches": len(launches),
             "torch_kernels": torch_kernels, "all_launches": len(launches) + sum(torch_kernels.values()),
