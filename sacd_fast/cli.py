@@ -21,7 +21,7 @@ import sys
 
 from sacd_fast import __version__, commands
 from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE
-from sacd_fast.network.config import BACKBONES, TEACHER_INPUTS
+from sacd_fast.network.config import BACKBONES, MAP_MODES, TEACHER_INPUTS
 from sacd_fast.training.train import PRECISIONS
 
 
@@ -78,6 +78,9 @@ def _add_train(subparsers) -> None:
     p.add_argument("--teacher-input", default="imagenet", choices=TEACHER_INPUTS,
                    help="how the teacher sees the image: ImageNet mean/std for every backbone, or the scaling "
                         "its weights were trained on (differs only for efficientnet_lite0)")
+    p.add_argument("--map-mode", default=None, choices=MAP_MODES,
+                   help="how the per-scale anomaly maps combine: add (sum) or mul (product); default mul for "
+                        "efficientnet_lite0, add (the paper's) for the ResNets")
     p.add_argument("--epochs", type=int, default=200, help="training epochs (the last one is kept)")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
@@ -93,7 +96,7 @@ def _add_train(subparsers) -> None:
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
         workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
-        teacher_input=a.teacher_input))
+        teacher_input=a.teacher_input, map_mode=a.map_mode))
 
 
 def _add_eval(subparsers) -> None:

@@ -34,7 +34,7 @@ from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inpu
                                           write_heatmaps, write_json)
 from sacd_fast.evaluation.report import write_report
 from sacd_fast.files import exclusive_folder, write_text
-from sacd_fast.network.config import TEACHER_INPUTS
+from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
@@ -111,7 +111,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "fp32",
-          progress: bool = True, teacher_input: str = "imagenet") -> dict | None:
+          progress: bool = True, teacher_input: str = "imagenet", map_mode: str | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
@@ -130,6 +130,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
+    if map_mode not in (None, *MAP_MODES):
+        raise ValueError(f"map-mode must be one of {', '.join(MAP_MODES)}, got {map_mode!r}")
     device = resolve_device(device)
     check_precision(precision)  # before the data are read
     if precision == "bf16" and device.type != "cuda":
@@ -141,23 +143,25 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     try:
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
         if process_rank() != 0:
-            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size, batch_size, seed,
-                   val_fraction, workers, false_alarm_rate, device, precision, progress=False)
+            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, epochs, image_size,
+                   batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress=False)
             return None
         with exclusive_folder(out, "sacd-fast train"):
-            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, epochs, image_size,
+            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, epochs, image_size,
                           batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress)
     finally:
         if launched:
             dist.destroy_process_group()
 
 
-def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, epochs, image_size,
-           batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress) -> dict | None:
+def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, epochs,
+           image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
+           progress) -> dict | None:
     dataset.check(progress)
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
-    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input)
+    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,
+                 map_mode=map_mode)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
     checkpoint, log_path = out / "model.pt", out / "train_log.jsonl"
     normal = Subset(dataset, val_idx or train_idx)

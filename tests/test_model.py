@@ -6,6 +6,7 @@ import torch
 from conftest import random_teacher_model
 
 from sacd_fast import SACD
+from sacd_fast.network.config import SACDConfig
 
 # Parameter counts at 256² (docs/method.md), in millions to 2 decimals.
 WRN_PARAMS = {"teacher": 24.86, "ocbe": 58.89, "decoder": 24.92, "feacali": 15.49}
@@ -147,9 +148,10 @@ def test_intra_loss_trains_feacali_only():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.feacali.parameters())
 
 
-def test_predict_matches_a_float64_computation_of_the_formula():
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_predict_matches_a_float64_computation_of_the_formula(mode):
     ndimage = pytest.importorskip("scipy.ndimage")
-    model = random_teacher_model("resnet18", 64)
+    model = random_teacher_model("resnet18", 64, map_mode=mode)
     x = torch.randn(2, 3, 64, 96)
     out = model.predict(x)
     again = model.predict(x)
@@ -161,13 +163,13 @@ def test_predict_matches_a_float64_computation_of_the_formula():
     with torch.no_grad():
         t, s = model64.encode_decode(x.double())
         cal = [f(si) for f, si in zip(model64.feacali, s)]
-    expected = np.zeros((2, 64, 96))
+    expected = np.zeros((2, 64, 96)) if mode == "add" else np.ones((2, 64, 96))
     for tk, ck in zip(t, cal):
         tk, ck = tk.numpy(), ck.numpy()
         cos = (tk * ck).sum(1) / (np.linalg.norm(tk, axis=1) * np.linalg.norm(ck, axis=1))
         up = torch.nn.functional.interpolate(torch.from_numpy(1 - cos)[:, None], size=(64, 96),
                                              mode="bilinear", align_corners=True)[:, 0].numpy()
-        expected += up
+        expected = expected + up if mode == "add" else expected * up
     expected = np.stack([ndimage.gaussian_filter(m, sigma=4, mode="reflect", truncate=4.0) for m in expected])
     np.testing.assert_allclose(out.maps.numpy(), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out.scores.numpy(), expected.reshape(2, -1).max(1), rtol=1e-4)
@@ -184,6 +186,15 @@ def test_predict_rejects_bad_input(bad, match):
     model = random_teacher_model()
     with pytest.raises(ValueError, match=match):
         model.predict(bad)
+
+
+def test_map_mode_defaults_to_the_product_for_lite0_only_and_is_checked():
+    assert SACDConfig("efficientnet_lite0").map_mode == "mul"
+    assert SACDConfig("wide_resnet50_2").map_mode == SACDConfig("resnet18").map_mode == "add"
+    config = SACDConfig("efficientnet_lite0", map_mode="add")
+    assert SACDConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="map_mode"):
+        SACDConfig("resnet18", map_mode="max")
 
 
 def test_image_size_must_be_a_multiple_of_32():

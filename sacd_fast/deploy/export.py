@@ -58,7 +58,8 @@ class Pipeline(nn.Module):
                 x, [c.weight for c in module.convs], [c.bias for c in module.convs], module.eps,
                 module.negative_slope, module.norm_last))
         maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
-                                                tuple(image.shape[-2:]), self.model.config.sigma)
+                                                tuple(image.shape[-2:]), self.model.config.sigma,
+                                                self.model.config.map_mode)
         return maps.flatten(1).amax(1), maps
 
 

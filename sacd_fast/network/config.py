@@ -8,8 +8,16 @@ from typing import Literal, get_args
 
 Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0"]
 TeacherInput = Literal["imagenet", "native"]
+MapMode = Literal["add", "mul"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 TEACHER_INPUTS: tuple[str, ...] = get_args(TeacherInput)
+MAP_MODES: tuple[str, ...] = get_args(MapMode)
+
+
+def default_map_mode(backbone: str) -> str:
+    """How the per-scale maps combine unless told: their product for EfficientNet-Lite0 (better on every
+    set it was measured on, docs/method.md), their sum (the paper's) for the ResNet teachers."""
+    return "mul" if backbone == "efficientnet_lite0" else "add"
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class SACDConfig:
             (the scaling the teacher's weights were trained on; differs only for Lite0).
         feacali_norm_last: whether FeaCali's last block has InstanceNorm (False: it
             keeps each channel's level; docs/method.md, "FeaCali's last block").
+        map_mode: "add" sums the upsampled per-scale maps, "mul" multiplies them;
+            None: :func:`default_map_mode` of the backbone.
     """
 
     backbone: Backbone = "wide_resnet50_2"
@@ -35,10 +45,15 @@ class SACDConfig:
     sigma: float = 4.0
     teacher_input: TeacherInput = "imagenet"
     feacali_norm_last: bool = False
+    map_mode: MapMode | None = None
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if self.map_mode is None:
+            object.__setattr__(self, "map_mode", default_map_mode(self.backbone))  # frozen: set once, here
+        if self.map_mode not in MAP_MODES:
+            raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}")
         if self.teacher_input not in TEACHER_INPUTS:
             raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {self.teacher_input!r}")
         size = self.image_size
@@ -65,9 +80,10 @@ class SACDConfig:
         the value that reproduces how it was trained: ``teacher_input`` the
         default "imagenet" (older checkpoints fed every teacher ImageNet-normalised
         input), ``feacali_norm_last`` True (older FeaCali modules normalised
-        their last block). An unknown key is refused with ValueError naming ``source``."""
+        their last block), ``map_mode`` "add" (their thresholds were calibrated on
+        summed maps). An unknown key is refused with ValueError naming ``source``."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"{source}: unknown config keys {sorted(unknown)}")
-        return cls(**{"feacali_norm_last": True, **values})
+        return cls(**{"feacali_norm_last": True, "map_mode": "add", **values})

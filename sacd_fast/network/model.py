@@ -2,7 +2,7 @@
 
     normal branch:   x  -> T -> OCBE -> S            gives t_k and s_k
     abnormal branch: x' -> T -> OCBE -> S -> FeaCali gives s'_k calibrated
-    inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)), upsampled, summed,
+    inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)), upsampled, summed (or multiplied),
                      Gaussian sigma 4; score = max of the map
 
 Inputs are ImageNet-normalised (B, 3, H, W) with H and W multiples of 32.
@@ -19,7 +19,7 @@ from torch import nn
 from sacd_fast import kernels
 from sacd_fast.network.blocks import BasicBlock, Bottleneck
 from sacd_fast.network.bottleneck import OCBE
-from sacd_fast.network.config import Backbone, SACDConfig, TeacherInput
+from sacd_fast.network.config import Backbone, MapMode, SACDConfig, TeacherInput
 from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
@@ -65,7 +65,7 @@ class SACD(nn.Module):
     Args:
         backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
-        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last: see
+        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode: see
             :class:`SACDConfig`, which the model keeps as ``config``.
 
     Example:
@@ -77,10 +77,11 @@ class SACD(nn.Module):
 
     def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
-                 teacher_input: TeacherInput = "imagenet", feacali_norm_last: bool = False):
+                 teacher_input: TeacherInput = "imagenet", feacali_norm_last: bool = False,
+                 map_mode: MapMode | None = None):
         super().__init__()
         self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,
-                                          feacali_norm_last)
+                                          feacali_norm_last, map_mode)
         self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
         block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
         channels = self.teacher.channels
@@ -151,7 +152,8 @@ class SACD(nn.Module):
 
     def anomaly_maps(self, teacher: list[torch.Tensor], calibrated: list[torch.Tensor], size) -> torch.Tensor:
         """float32 (B, H, W) maps from :meth:`inference_features`' output."""
-        return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config.sigma)
+        return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config.sigma,
+                                          mode=self.config.map_mode)
 
     def forward(self, x: torch.Tensor, x_synth: torch.Tensor,
                 teacher: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
