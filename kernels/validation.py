@@ -118,7 +118,7 @@ def check_conv_stack(x, weights, biases, eps, negative_slope) -> tuple[list, lis
     return weights, biases, check_real(op, "eps", eps, minimum=0.0), check_real(op, "negative_slope", negative_slope)
 
 
-# The model's calls check about forty tensors per inference. Each is first put to a one-expression test
+# The model's calls check about thirty tensors per inference. Each is first put to a one-expression test
 # that accepts only what the full check accepts (a property test holds them to that), in a fraction of the
 # host time; the full check runs when the quick one fails, and names the problem.
 def _feature_pair_ok(t, s, batch: int, device: torch.device) -> bool:
