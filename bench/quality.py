@@ -50,7 +50,7 @@ def patch_features(model: SACD, x01: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int = 16, seed: int = 0,
-                 teacher_input: str = "imagenet") -> dict:
+                 teacher_input: str = "native") -> dict:
     """The patch-kNN detector on one category: metrics and seconds."""
     started = time.perf_counter()
     model = SACD(backbone, teacher_weights="imagenet", image_size=image_size, teacher_input=teacher_input).eval()
@@ -82,7 +82,7 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
 
 
 def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
-         seed: int = 0, teacher_input: str = "imagenet", map_mode: str | None = None) -> dict:
+         seed: int = 0, teacher_input: str = "native", map_mode: str | None = None) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument("--work", default=None, help="folder for the trained models (default: a temporary one)")
     parser.add_argument("--json", default="quality.json", help="where to write the results")
-    parser.add_argument("--teacher-input", default="imagenet", choices=TEACHER_INPUTS,
+    parser.add_argument("--teacher-input", default="native", choices=TEACHER_INPUTS,
                         help="the teacher's input scaling, for both methods (see sacd-fast train --help)")
     parser.add_argument("--map-mode", default=None, choices=MAP_MODES,
                         help="how SACD combines its per-scale maps (default: sacd-fast train's)")

@@ -75,9 +75,9 @@ def _add_train(subparsers) -> None:
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--teacher-weights", default="imagenet",
                    help="'imagenet' (downloads the ResNets if online; Lite0's is bundled) or a local .pth file")
-    p.add_argument("--teacher-input", default="imagenet", choices=TEACHER_INPUTS,
-                   help="how the teacher sees the image: ImageNet mean/std for every backbone, or the scaling "
-                        "its weights were trained on (differs only for efficientnet_lite0)")
+    p.add_argument("--teacher-input", default="native", choices=TEACHER_INPUTS,
+                   help="how the teacher sees the image: the scaling its weights were trained on, or ImageNet "
+                        "mean/std for every backbone (they differ only for efficientnet_lite0)")
     p.add_argument("--map-mode", default=None, choices=MAP_MODES,
                    help="how the per-scale anomaly maps combine: add (sum) or mul (product); default mul for "
                         "efficientnet_lite0, add (the paper's) for the ResNets")

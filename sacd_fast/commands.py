@@ -111,7 +111,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "fp32",
-          progress: bool = True, teacher_input: str = "imagenet", map_mode: str | None = None) -> dict | None:
+          progress: bool = True, teacher_input: str = "native", map_mode: str | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where

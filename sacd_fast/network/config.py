@@ -30,8 +30,8 @@ class SACDConfig:
         feacali_layers: how many times FeaCali halves the channels (L).
         lambda_intra: weight of L_intra in the loss, > 0.
         sigma: Gaussian sigma of the anomaly map, >= 0 (0: no filter).
-        teacher_input: "imagenet" (ImageNet mean/std for every teacher) or "native"
-            (the scaling the teacher's weights were trained on; differs only for Lite0).
+        teacher_input: "native" (the scaling the teacher's weights were trained on) or
+            "imagenet" (ImageNet mean/std for every teacher); they differ only for Lite0.
         feacali_norm_last: whether FeaCali's last block has InstanceNorm (False: it
             keeps each channel's level; docs/method.md, "FeaCali's last block").
         map_mode: "add" sums the upsampled per-scale maps, "mul" multiplies them;
@@ -43,7 +43,7 @@ class SACDConfig:
     feacali_layers: int = 2
     lambda_intra: float = 0.2
     sigma: float = 4.0
-    teacher_input: TeacherInput = "imagenet"
+    teacher_input: TeacherInput = "native"
     feacali_norm_last: bool = False
     map_mode: MapMode | None = None
 
@@ -77,8 +77,8 @@ class SACDConfig:
     @classmethod
     def from_dict(cls, values: dict, source: object = "config") -> "SACDConfig":
         """The config a checkpoint stored. Keys added since it was written take
-        the value that reproduces how it was trained: ``teacher_input`` the
-        default "imagenet" (older checkpoints fed every teacher ImageNet-normalised
+        the value that reproduces how it was trained: ``teacher_input``
+        "imagenet" (older checkpoints fed every teacher ImageNet-normalised
         input), ``feacali_norm_last`` True (older FeaCali modules normalised
         their last block), ``map_mode`` "add" (their thresholds were calibrated on
         summed maps). An unknown key is refused with ValueError naming ``source``."""
@@ -86,4 +86,4 @@ class SACDConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"{source}: unknown config keys {sorted(unknown)}")
-        return cls(**{"feacali_norm_last": True, "map_mode": "add", **values})
+        return cls(**{"teacher_input": "imagenet", "feacali_norm_last": True, "map_mode": "add", **values})

@@ -77,7 +77,7 @@ class SACD(nn.Module):
 
     def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
-                 teacher_input: TeacherInput = "imagenet", feacali_norm_last: bool = False,
+                 teacher_input: TeacherInput = "native", feacali_norm_last: bool = False,
                  map_mode: MapMode | None = None):
         super().__init__()
         self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,

@@ -265,7 +265,7 @@ TEACHERS = {
 }
 
 
-def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_input: str = "imagenet") -> Teacher:
+def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_input: str = "native") -> Teacher:
     """Build a frozen teacher and load ``weights`` (None, a file, or "imagenet").
 
     ``teacher_input``: "imagenet" feeds every teacher the ImageNet-normalised
