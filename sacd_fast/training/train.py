@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from sacd_fast.cpu import native_bf16
 from sacd_fast.data.synthesis import synthesize
 from sacd_fast.files import remove_stale_temporaries
+from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import SACD, normalize
 from sacd_fast.training.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
 
@@ -170,7 +171,8 @@ def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenan
     saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
     current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
     saved["betas"] = tuple(saved.get("betas", ()))
-    problems = config_mismatch(state["config"], model.config.to_dict()) + config_mismatch(saved, current)
+    saved_config = SACDConfig.from_dict(state["config"], "checkpoint").to_dict()  # keys it predates: as trained
+    problems = config_mismatch(saved_config, model.config.to_dict()) + config_mismatch(saved, current)
     problems += config_mismatch(state.get("provenance", {}), provenance)
     if state["epoch"] > settings.epochs:
         problems.append(f"it holds {state['epoch']} epochs, more than the {settings.epochs} requested")
