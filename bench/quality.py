@@ -82,12 +82,14 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
 
 
 def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
-         seed: int = 0, teacher_input: str = "native", map_mode: str | None = None) -> dict:
+         seed: int = 0, teacher_input: str = "native", map_mode: str | None = None,
+         map_border: int | None = None) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
     options = dict(category=category, backbone=backbone, image_size=image_size, batch_size=batch_size, seed=seed,
-                   teacher_input=teacher_input, map_mode=map_mode, device="cpu", progress=False)
+                   teacher_input=teacher_input, map_mode=map_mode, map_border=map_border, device="cpu",
+                   progress=False)
     trained = commands.train(root, out, **options, **({"epochs": epochs} if epochs else {}))
     report = commands.evaluate(out / "model.pt", root, out / "eval", category=category, batch_size=batch_size,
                                device="cpu", progress=False)
@@ -120,6 +122,8 @@ def main() -> None:
                         help="the teacher's input scaling, for both methods (see sacd-fast train --help)")
     parser.add_argument("--map-mode", default=None, choices=MAP_MODES,
                         help="how SACD combines its per-scale maps (default: sacd-fast train's)")
+    parser.add_argument("--map-border", type=int, default=None,
+                        help="SACD's map border cells read from inside (default: sacd-fast train's)")
     parser.add_argument("--skip-baseline", action="store_true", help="run SACD only")
     args = parser.parse_args()
     rows = []
@@ -128,7 +132,8 @@ def main() -> None:
         for category in args.categories.split(","):
             rows.append({"category": category, "method": "sacd",
                          **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
-                                args.batch_size, teacher_input=args.teacher_input, map_mode=args.map_mode)})
+                                args.batch_size, teacher_input=args.teacher_input, map_mode=args.map_mode,
+                                map_border=args.map_border)})
             if not args.skip_baseline:
                 rows.append({"category": category, "method": "knn",
                              **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size,

@@ -77,7 +77,7 @@ def use_triton(*tensors: torch.Tensor, has_op: bool = False) -> bool:
 
 
 def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: Sequence[int],
-                       sigma: float = 4.0, mode: str = "add") -> torch.Tensor:
+                       sigma: float = 4.0, mode: str = "add", border: int = 0) -> torch.Tensor:
     """Multi-scale cosine anomaly map, float32 (B, H, W).
 
     Args:
@@ -86,6 +86,9 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
         size: output (H, W), integers >= 1.
         sigma: Gaussian sigma >= 0 (scipy 'reflect' border, 2*int(4*sigma+0.5)+1 taps); 0 disables it.
         mode: "add" sums the upsampled per-scale maps, "mul" multiplies them.
+        border: integer >= 0; the outermost ``border`` rows and columns of each scale's
+            distance map read as the nearest cell inside them (none where a side has
+            no more than 2 * border cells).
 
     Example::
 
@@ -93,11 +96,12 @@ def cosine_anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.
         >>> cosine_anomaly_map(t, [x + 0.1 for x in t], (16, 16)).shape
         torch.Size([2, 16, 16])
     """
-    teacher, student, size, sigma, mode = validation.check_anomaly_map(teacher, student, size, sigma, mode)
+    teacher, student, size, sigma, mode, border = validation.check_anomaly_map(teacher, student, size, sigma, mode,
+                                                                               border)
     if use_triton(*teacher, *student, has_op=True):
         run = _ops.cosine_anomaly_map if torch.compiler.is_compiling() else _anomaly_map.cosine_anomaly_map_triton
-        return run(teacher, student, list(size), sigma, mode)
-    return map_reference.cosine_anomaly_map(teacher, student, size, sigma, mode).float()
+        return run(teacher, student, list(size), sigma, mode, border)
+    return map_reference.cosine_anomaly_map(teacher, student, size, sigma, mode, border).float()
 
 
 def simplex_noise3d(shape: Sequence[int], seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,

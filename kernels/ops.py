@@ -25,13 +25,13 @@ from .launch import kernel_dtype
 
 @torch.library.custom_op("sacd_fast::cosine_anomaly_map", mutates_args=())
 def cosine_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], size: list[int], sigma: float,
-                       mode: str) -> torch.Tensor:
+                       mode: str, border: int) -> torch.Tensor:
     """:func:`sacd_fast.kernels.cosine_anomaly_map` on the Triton path: float32 (B, H, W), contiguous."""
-    return anomaly_map.cosine_anomaly_map_triton(teacher, student, size, sigma, mode)
+    return anomaly_map.cosine_anomaly_map_triton(teacher, student, size, sigma, mode, border)
 
 
 @cosine_anomaly_map.register_fake
-def _(teacher, student, size, sigma, mode):
+def _(teacher, student, size, sigma, mode, border):
     return teacher[0].new_empty((teacher[0].shape[0], *size), dtype=torch.float32)
 
 

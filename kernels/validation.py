@@ -79,7 +79,8 @@ def _same_device(op: str, name: str, t: torch.Tensor, device: torch.device, firs
         _fail(op, f"{name} is on {t.device} but {first} is on {device}")
 
 
-def check_anomaly_map(teacher, student, size, sigma, mode) -> tuple[list, list, tuple[int, int], float, str]:
+def check_anomaly_map(teacher, student, size, sigma, mode, border=0
+                      ) -> tuple[list, list, tuple[int, int], float, str, int]:
     op = "cosine_anomaly_map"
     teacher, student = _sequence(op, "teacher", teacher), _sequence(op, "student", student)
     if not teacher or len(teacher) != len(student):
@@ -92,12 +93,13 @@ def check_anomaly_map(teacher, student, size, sigma, mode) -> tuple[list, list, 
     sigma = check_real(op, "sigma", sigma, minimum=0.0)
     if mode not in ("add", "mul"):
         _fail(op, f"mode must be 'add' or 'mul', got {mode!r}")
+    border = check_int(op, "border", border, minimum=0)
     t0 = check_tensor(op, "teacher[0]", teacher[0], dim=4)
     batch, device = t0.shape[0], t0.device
     for k, (t, s) in enumerate(zip(teacher, student)):
         if not _feature_pair_ok(t, s, batch, device):
             _check_feature_pair(op, k, t, s, batch, device)
-    return teacher, student, size, sigma, mode
+    return teacher, student, size, sigma, mode, border
 
 
 def check_conv_stack(x, weights, biases, eps, negative_slope) -> tuple[list, list, float, float]:

@@ -81,6 +81,10 @@ def _add_train(subparsers) -> None:
     p.add_argument("--map-mode", default=None, choices=MAP_MODES,
                    help="how the per-scale anomaly maps combine: add (sum) or mul (product); default mul for "
                         "efficientnet_lite0, add (the paper's) for the ResNets")
+    p.add_argument("--map-border", type=int, default=None,
+                   help="rows and columns at each edge of every scale's anomaly map that take the value of the "
+                        "nearest cell inside (the teacher's padding makes the edge cells unreliable); default 1 "
+                        "for efficientnet_lite0, 0 (the paper's) for the ResNets")
     p.add_argument("--epochs", type=int, default=200, help="training epochs (the last one is kept)")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
@@ -96,7 +100,7 @@ def _add_train(subparsers) -> None:
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
         workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
-        teacher_input=a.teacher_input, map_mode=a.map_mode))
+        teacher_input=a.teacher_input, map_mode=a.map_mode, map_border=a.map_border))
 
 
 def _add_eval(subparsers) -> None:

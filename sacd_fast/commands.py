@@ -111,7 +111,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "fp32",
-          progress: bool = True, teacher_input: str = "native", map_mode: str | None = None) -> dict | None:
+          progress: bool = True, teacher_input: str = "native", map_mode: str | None = None,
+          map_border: int | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
@@ -132,6 +133,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         raise ValueError(f"teacher-input must be one of {', '.join(TEACHER_INPUTS)}, got {teacher_input!r}")
     if map_mode not in (None, *MAP_MODES):
         raise ValueError(f"map-mode must be one of {', '.join(MAP_MODES)}, got {map_mode!r}")
+    if map_border is not None:
+        check_setting("map-border", map_border, 0, integer=True)
     device = resolve_device(device)
     check_precision(precision)  # before the data are read
     if precision == "bf16" and device.type != "cuda":
@@ -143,25 +146,27 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     try:
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
         if process_rank() != 0:
-            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, epochs, image_size,
-                   batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress=False)
+            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
+                   image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
+                   progress=False)
             return None
         with exclusive_folder(out, "sacd-fast train"):
-            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, epochs, image_size,
-                          batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision, progress)
+            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
+                          image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
+                          progress)
     finally:
         if launched:
             dist.destroy_process_group()
 
 
-def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, epochs,
-           image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
+def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
+           epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
            progress) -> dict | None:
     dataset.check(progress)
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
     model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,
-                 map_mode=map_mode)
+                 map_mode=map_mode, map_border=map_border)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
     checkpoint, log_path = out / "model.pt", out / "train_log.jsonl"
     normal = Subset(dataset, val_idx or train_idx)

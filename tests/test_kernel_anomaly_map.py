@@ -33,9 +33,9 @@ def features(batch, shapes, dtype, channels_last, device=KERNEL_DEVICE):
     return [t for t, _ in out], [s for _, s in out]
 
 
-def float64_reference(teacher, student, size, mode="add", sigma=4.0):
+def float64_reference(teacher, student, size, mode="add", sigma=4.0, border=0):
     return reference.cosine_anomaly_map([t.double() for t in teacher], [s.double() for s in student],
-                                        size, sigma, mode)
+                                        size, sigma, mode, border)
 
 
 @pytest.mark.parametrize("batch,shapes,size", SMALL_SHAPES)
@@ -47,6 +47,33 @@ def test_anomaly_map_parity(batch, shapes, size, dtype, channels_last, mode, poi
     out = anomaly_map.cosine_anomaly_map_triton(teacher, student, size, 4.0, mode)
     assert out.dtype == torch.float32 and out.shape == (batch, *size)
     assert_close(out, float64_reference(teacher, student, size, mode), "anomaly_map", dtype)
+
+
+@pytest.mark.parametrize("border", [1, 2])
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_anomaly_map_border_parity(border, mode, poison_outputs):
+    """Border cells read from inside; maps with no inner cell on a side (3x3 at border 2, 2x1) keep that side."""
+    teacher, student = features(2, SMALL_SHAPES[1][1], torch.float32, False)
+    out = anomaly_map.cosine_anomaly_map_triton(teacher, student, (13, 11), 2.0, mode, border)
+    assert_close(out, float64_reference(teacher, student, (13, 11), mode, 2.0, border), "anomaly_map")
+
+
+@pytest.mark.parametrize("border", [1, 2])
+def test_reference_border_replicates_the_inner_cells(border):
+    """The reference's border equals upsampling the inner cells padded by replication."""
+    teacher, student = features(2, [(5, 7, 6), (4, 4, 5)], torch.float64, False, device="cpu")
+    expected = 0
+    for t, s in zip(teacher, student):
+        d = reference.cosine_distance(t, s)[:, None]
+        h, w = d.shape[-2:]
+        bh, bw = (border if h > 2 * border else 0), (border if w > 2 * border else 0)
+        inner = d[:, :, bh:h - bh, bw:w - bw]
+        padded = torch.nn.functional.pad(inner, (bw, bw, bh, bh), mode="replicate")
+        expected = expected + torch.nn.functional.interpolate(padded, size=(12, 10), mode="bilinear",
+                                                              align_corners=True)[:, 0]
+    out = reference.cosine_anomaly_map(teacher, student, (12, 10), 0.0, "add", border)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert not torch.equal(out, reference.cosine_anomaly_map(teacher, student, (12, 10), 0.0, "add"))
 
 
 @pytest.mark.parametrize("mode", ["add", "mul"])

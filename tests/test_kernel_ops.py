@@ -24,7 +24,7 @@ def test_anomaly_map_op_passes_opcheck(dtype):
                torch.randn(2, 4, 3, 3, dtype=dtype, device=KERNEL_DEVICE)]
     student = [torch.randn_like(t) for t in teacher]
     student[0] = student[0].to(memory_format=torch.channels_last)
-    torch.library.opcheck(ops.cosine_anomaly_map, (teacher, student, [9, 11], 1.0, "add"))
+    torch.library.opcheck(ops.cosine_anomaly_map, (teacher, student, [9, 11], 1.0, "add", 1))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 4, 1, 2)])

@@ -197,6 +197,17 @@ def test_map_mode_defaults_to_the_product_for_lite0_only_and_is_checked():
         SACDConfig("resnet18", map_mode="max")
 
 
+def test_map_border_defaults_to_one_cell_for_lite0_only_and_is_checked():
+    assert SACDConfig("efficientnet_lite0").map_border == 1
+    assert SACDConfig("wide_resnet50_2").map_border == SACDConfig("resnet18").map_border == 0
+    config = SACDConfig("efficientnet_lite0", map_border=0)
+    assert SACDConfig.from_dict(config.to_dict()) == config
+    assert SACDConfig.from_dict({"backbone": "efficientnet_lite0"}).map_border == 0  # written before the key
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="map_border"):
+            SACDConfig("resnet18", map_border=bad)
+
+
 def test_image_size_must_be_a_multiple_of_32():
     with pytest.raises(ValueError, match="multiple of 32"):
         random_teacher_model("resnet18", 100)

@@ -458,6 +458,7 @@ def with_option(argv: list, option: str, value) -> list:
     ({"--data": "OTHER"}, "data"),
     ({"--teacher-weights": "TEACHER"}, "teacher weights differ"),
     ({"--image-size": "64"}, "image_size"),
+    ({"--map-border": "0"}, "map_border: checkpoint 1 != requested 0"),
     ({"--backbone": "resnet18", "--teacher-weights": "RESNET"}, "backbone"),
 ])
 def test_resume_refuses_other_data_weights_or_settings(change, text, world, tmp_path, capsys):
@@ -573,6 +574,8 @@ API = [
     ("kernel: fractional size", lambda: kernels.cosine_anomaly_map([torch.rand(1, 4, 2, 2)],
                                                                    [torch.rand(1, 4, 2, 2)], (32.5, 8)),
      ValueError, "size[0]"),
+    ("kernel: negative border", lambda: kernels.cosine_anomaly_map([torch.rand(1, 4, 2, 2)], [torch.rand(1, 4, 2, 2)],
+                                                                   (8, 8), border=-1), ValueError, "border"),
     ("kernel: uint8 images", lambda: kernels.synthesize_patches(
         torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([1]), 0.2, (4, 16), (4, 16)), ValueError,
      "x01 must be float16"),

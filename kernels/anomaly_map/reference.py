@@ -51,6 +51,14 @@ def reflect_index(n: int, radius: int, device=None) -> torch.Tensor:
     return torch.tensor([2 * n - 1 - i if i >= n else i for i in index], device=device)
 
 
+def inner_index(n: int, border: int, device=None) -> torch.Tensor:
+    """Indices 0..n-1 clamped to [border, n-1-border]: the outermost ``border`` cells at
+    each end read the nearest inner cell; unchanged when n <= 2 * border (no inner cell).
+    Built from Python integers, like :func:`reflect_index`."""
+    low, high = (border, n - 1 - border) if n > 2 * border else (0, n - 1)
+    return torch.tensor([min(max(i, low), high) for i in range(n)], device=device)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian filter of ``maps`` (B, H, W) with scipy's reflect border."""
     if sigma <= 0:
@@ -71,6 +79,7 @@ def cosine_anomaly_map(
     size: tuple[int, int],
     sigma: float = 4.0,
     mode: str = "add",
+    border: int = 0,
 ) -> torch.Tensor:
     """Multi-scale cosine anomaly map, float32 (B, H, W) (float64 for float64 inputs).
 
@@ -79,10 +88,16 @@ def cosine_anomaly_map(
         size: output (H, W).
         sigma: Gaussian sigma in output pixels; 0 disables the filter.
         mode: ``"add"`` sums the upsampled per-scale maps, ``"mul"`` multiplies them.
+        border: the outermost ``border`` rows and columns of each scale's distance map take the
+            distance of the nearest cell inside them (:func:`inner_index`) before upsampling.
     """
     total = None
     for t, s in zip(teacher, student):
         distance = cosine_distance(t, s, dim=1).unsqueeze(1)
+        if border:
+            h, w = distance.shape[-2:]
+            rows, cols = inner_index(h, border, distance.device), inner_index(w, border, distance.device)
+            distance = distance[:, :, rows][..., cols]
         distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
         if total is None:
             total = distance

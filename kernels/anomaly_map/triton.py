@@ -7,7 +7,8 @@ Three steps, each a single pass over its data:
    contiguous or channels_last: the pixel and channel strides are arguments),
    accumulating in fp32, its tile autotuned per shape;
 2. ``_upsample_combine_kernel``: bilinear upsampling (align_corners=True) of
-   up to three scales' distances onto the output, summed (or multiplied) in
+   up to three scales' distances onto the output (the cells of a scale's
+   border band read as their nearest inner cell), summed (or multiplied) in
    the order of the scales, the map written once;
 3. ``_gaussian_columns_kernel``: the separable Gaussian with scipy's
    'reflect' border, twice down the columns, each pass writing its result
@@ -83,16 +84,19 @@ def _cosine_distance_kernel(t_ptr, s_ptr, out_ptr, C, P,
 
 
 @triton.jit
-def _bilinear(p_d, h, w, scale_y, scale_x, y, x, m):
-    """Bilinear samples (align_corners=True) of one (h, w) map at output pixels (y, x)."""
+def _bilinear(p_d, h, w, scale_y, scale_x, edge_y, edge_x, y, x, m):
+    """Bilinear samples (align_corners=True) of one (h, w) map at output pixels (y, x);
+    the cells read are clamped to [edge, n - 1 - edge] (the reference's ``inner_index``)."""
     src_y = y.to(tl.float32) * scale_y
     src_x = x.to(tl.float32) * scale_x
     y0 = tl.minimum(src_y.to(tl.int32), h - 1)
     x0 = tl.minimum(src_x.to(tl.int32), w - 1)
-    y1 = tl.minimum(y0 + 1, h - 1)
-    x1 = tl.minimum(x0 + 1, w - 1)
     wy = src_y - y0.to(tl.float32)
     wx = src_x - x0.to(tl.float32)
+    y1 = tl.minimum(tl.maximum(tl.minimum(y0 + 1, h - 1), edge_y), h - 1 - edge_y)
+    x1 = tl.minimum(tl.maximum(tl.minimum(x0 + 1, w - 1), edge_x), w - 1 - edge_x)
+    y0 = tl.minimum(tl.maximum(y0, edge_y), h - 1 - edge_y)
+    x0 = tl.minimum(tl.maximum(x0, edge_x), w - 1 - edge_x)
     v00 = tl.load(p_d + y0 * w + x0, mask=m, other=0.0)
     v01 = tl.load(p_d + y0 * w + x1, mask=m, other=0.0)
     v10 = tl.load(p_d + y1 * w + x0, mask=m, other=0.0)
@@ -101,8 +105,8 @@ def _bilinear(p_d, h, w, scale_y, scale_x, y, x, m):
 
 
 @triton.jit
-def _upsample_combine_kernel(out_ptr, H, W, d0_ptr, h0, w0, sy0, sx0, d1_ptr, h1, w1, sy1, sx1,
-                             d2_ptr, h2, w2, sy2, sx2,
+def _upsample_combine_kernel(out_ptr, H, W, d0_ptr, h0, w0, sy0, sx0, ey0, ex0, d1_ptr, h1, w1, sy1, sx1, ey1, ex1,
+                             d2_ptr, h2, w2, sy2, sx2, ey2, ex2,
                              SCALES: tl.constexpr, ACCUMULATE: tl.constexpr, MUL: tl.constexpr, BLOCK: tl.constexpr):
     """Up to three scales' distances, upsampled and summed (or multiplied) in
     order, written to ``out`` (or combined with it, with ``ACCUMULATE``)."""
@@ -110,12 +114,12 @@ def _upsample_combine_kernel(out_ptr, H, W, d0_ptr, h0, w0, sy0, sx0, d1_ptr, h1
     o = i_o * BLOCK + tl.arange(0, BLOCK)
     m = o < H * W
     y, x = o // W, o % W
-    b_v = _bilinear(d0_ptr + i_b * h0 * w0, h0, w0, sy0, sx0, y, x, m)
+    b_v = _bilinear(d0_ptr + i_b * h0 * w0, h0, w0, sy0, sx0, ey0, ex0, y, x, m)
     if SCALES > 1:
-        b_k = _bilinear(d1_ptr + i_b * h1 * w1, h1, w1, sy1, sx1, y, x, m)
+        b_k = _bilinear(d1_ptr + i_b * h1 * w1, h1, w1, sy1, sx1, ey1, ex1, y, x, m)
         b_v = b_v * b_k if MUL else b_v + b_k
     if SCALES > 2:
-        b_k = _bilinear(d2_ptr + i_b * h2 * w2, h2, w2, sy2, sx2, y, x, m)
+        b_k = _bilinear(d2_ptr + i_b * h2 * w2, h2, w2, sy2, sx2, ey2, ex2, y, x, m)
         b_v = b_v * b_k if MUL else b_v + b_k
     p_out = out_ptr + i_b * H * W + o
     if ACCUMULATE:
@@ -202,16 +206,18 @@ def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
-                              size: Sequence[int], sigma: float = 4.0, mode: str = "add") -> torch.Tensor:
+                              size: Sequence[int], sigma: float = 4.0, mode: str = "add",
+                              border: int = 0) -> torch.Tensor:
     """Triton implementation of :func:`sacd_fast.kernels.reference.cosine_anomaly_map` (float32 out)."""
     height, width = (int(v) for v in size)
     batch = teacher[0].shape[0]
-    scales = []  # (distances, h, w, scale_y, scale_x) per scale
+    scales = []  # (distances, h, w, scale_y, scale_x, edge_y, edge_x) per scale
     for t, s in zip(teacher, student):
         distance = cosine_distance_triton(t, s)
         h, w = distance.shape[1:]
         scales.append((distance, h, w, (h - 1) / (height - 1) if height > 1 else 0.0,
-                       (w - 1) / (width - 1) if width > 1 else 0.0))
+                       (w - 1) / (width - 1) if width > 1 else 0.0,
+                       border if h > 2 * border else 0, border if w > 2 * border else 0))
     out = torch.empty((batch, height, width), dtype=torch.float32, device=teacher[0].device)
     block = block_size(height * width, 512)  # 4 pixels a thread: registers for 16 warps per SM
     for first in range(0, len(scales), 3):  # three scales a launch: SACD's whole map in one

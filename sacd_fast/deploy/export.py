@@ -59,7 +59,7 @@ class Pipeline(nn.Module):
                 module.negative_slope, module.norm_last))
         maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
                                                 tuple(image.shape[-2:]), self.model.config.sigma,
-                                                self.model.config.map_mode)
+                                                self.model.config.map_mode, self.model.config.map_border)
         return maps.flatten(1).amax(1), maps
 
 

@@ -20,6 +20,12 @@ def default_map_mode(backbone: str) -> str:
     return "mul" if backbone == "efficientnet_lite0" else "add"
 
 
+def default_map_border(backbone: str) -> int:
+    """Border cells of each scale's distance map that read as their inner neighbour unless told: one for
+    EfficientNet-Lite0 (docs/method.md), none (the paper's map) for the ResNet teachers."""
+    return 1 if backbone == "efficientnet_lite0" else 0
+
+
 @dataclass(frozen=True)
 class SACDConfig:
     """What a SACD network is (its weights aside).
@@ -36,6 +42,9 @@ class SACDConfig:
             keeps each channel's level; docs/method.md, "FeaCali's last block").
         map_mode: "add" sums the upsampled per-scale maps, "mul" multiplies them;
             None: :func:`default_map_mode` of the backbone.
+        map_border: how many rows and columns at each edge of every scale's distance map
+            take the distance of the nearest cell inside them, an integer >= 0;
+            None: :func:`default_map_border` of the backbone.
     """
 
     backbone: Backbone = "wide_resnet50_2"
@@ -46,12 +55,15 @@ class SACDConfig:
     teacher_input: TeacherInput = "native"
     feacali_norm_last: bool = False
     map_mode: MapMode | None = None
+    map_border: int | None = None
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
         if self.map_mode is None:
             object.__setattr__(self, "map_mode", default_map_mode(self.backbone))  # frozen: set once, here
+        if self.map_border is None:
+            object.__setattr__(self, "map_border", default_map_border(self.backbone))
         if self.map_mode not in MAP_MODES:
             raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}")
         if self.teacher_input not in TEACHER_INPUTS:
@@ -61,9 +73,10 @@ class SACDConfig:
             raise ValueError(f"image_size must be a positive multiple of 32, got {size!r}")
         if not isinstance(self.feacali_norm_last, bool):
             raise ValueError(f"feacali_norm_last must be True or False, got {self.feacali_norm_last!r}")
-        layers = self.feacali_layers
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"feacali_layers must be an integer >= 1, got {layers!r}")
+        for name, least in (("feacali_layers", 1), ("map_border", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         for name, positive in (("lambda_intra", True), ("sigma", False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -81,9 +94,11 @@ class SACDConfig:
         "imagenet" (older checkpoints fed every teacher ImageNet-normalised
         input), ``feacali_norm_last`` True (older FeaCali modules normalised
         their last block), ``map_mode`` "add" (their thresholds were calibrated on
-        summed maps). An unknown key is refused with ValueError naming ``source``."""
+        summed maps), ``map_border`` 0 (their maps used every cell). An unknown key
+        is refused with ValueError naming ``source``."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"{source}: unknown config keys {sorted(unknown)}")
-        return cls(**{"teacher_input": "imagenet", "feacali_norm_last": True, "map_mode": "add", **values})
+        return cls(**{"teacher_input": "imagenet", "feacali_norm_last": True, "map_mode": "add", "map_border": 0,
+                      **values})

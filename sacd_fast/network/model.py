@@ -2,7 +2,8 @@
 
     normal branch:   x  -> T -> OCBE -> S            gives t_k and s_k
     abnormal branch: x' -> T -> OCBE -> S -> FeaCali gives s'_k calibrated
-    inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)), upsampled, summed (or multiplied),
+    inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)) (border cells: their inner neighbour's),
+                     upsampled, summed (or multiplied),
                      Gaussian sigma 4; score = max of the map
 
 Inputs are ImageNet-normalised (B, 3, H, W) with H and W multiples of 32.
@@ -65,8 +66,8 @@ class SACD(nn.Module):
     Args:
         backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
-        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode: see
-            :class:`SACDConfig`, which the model keeps as ``config``.
+        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode,
+            map_border: see :class:`SACDConfig`, which the model keeps as ``config``.
 
     Example:
         >>> model = SACD("resnet18", teacher_weights=None, image_size=64)  # doctest: +SKIP
@@ -78,10 +79,10 @@ class SACD(nn.Module):
     def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
                  teacher_input: TeacherInput = "native", feacali_norm_last: bool = False,
-                 map_mode: MapMode | None = None):
+                 map_mode: MapMode | None = None, map_border: int | None = None):
         super().__init__()
         self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,
-                                          feacali_norm_last, map_mode)
+                                          feacali_norm_last, map_mode, map_border)
         self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
         block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
         channels = self.teacher.channels
@@ -153,7 +154,7 @@ class SACD(nn.Module):
     def anomaly_maps(self, teacher: list[torch.Tensor], calibrated: list[torch.Tensor], size) -> torch.Tensor:
         """float32 (B, H, W) maps from :meth:`inference_features`' output."""
         return kernels.cosine_anomaly_map(teacher, calibrated, size=size, sigma=self.config.sigma,
-                                          mode=self.config.map_mode)
+                                          mode=self.config.map_mode, border=self.config.map_border)
 
     def forward(self, x: torch.Tensor, x_synth: torch.Tensor,
                 teacher: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
