@@ -51,12 +51,17 @@ def reflect_index(n: int, radius: int, device=None) -> torch.Tensor:
     return torch.tensor([2 * n - 1 - i if i >= n else i for i in index], device=device)
 
 
+def border_band(n: int, border: int) -> int:
+    """The cells at each end of a side of ``n`` cells that read from inside: ``border``,
+    or none when n <= 2 * border (no inner cell)."""
+    return border if n > 2 * border else 0
+
+
 def inner_index(n: int, border: int, device=None) -> torch.Tensor:
-    """Indices 0..n-1 clamped to [border, n-1-border]: the outermost ``border`` cells at
-    each end read the nearest inner cell; unchanged when n <= 2 * border (no inner cell).
-    Built from Python integers, like :func:`reflect_index`."""
-    low, high = (border, n - 1 - border) if n > 2 * border else (0, n - 1)
-    return torch.tensor([min(max(i, low), high) for i in range(n)], device=device)
+    """Indices 0..n-1 clamped to [b, n-1-b], b = :func:`border_band`: the outermost cells at
+    each end read the nearest inner cell. Built from Python integers, like :func:`reflect_index`."""
+    band = border_band(n, border)
+    return torch.tensor([min(max(i, band), n - 1 - band) for i in range(n)], device=device)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

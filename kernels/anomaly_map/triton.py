@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..launch import block_size, cdiv, check_grid, next_power_of_2, pixel_run, quick_bench, tiles, to_kernel_dtype
-from .reference import COSINE_EPS, gaussian_radius, gaussian_taps
+from .reference import COSINE_EPS, border_band, gaussian_radius, gaussian_taps
 
 
 def _cosine_configs() -> list[triton.Config]:
@@ -93,8 +93,8 @@ def _bilinear(p_d, h, w, scale_y, scale_x, edge_y, edge_x, y, x, m):
     x0 = tl.minimum(src_x.to(tl.int32), w - 1)
     wy = src_y - y0.to(tl.float32)
     wx = src_x - x0.to(tl.float32)
-    y1 = tl.minimum(tl.maximum(tl.minimum(y0 + 1, h - 1), edge_y), h - 1 - edge_y)
-    x1 = tl.minimum(tl.maximum(tl.minimum(x0 + 1, w - 1), edge_x), w - 1 - edge_x)
+    y1 = tl.minimum(tl.maximum(y0 + 1, edge_y), h - 1 - edge_y)
+    x1 = tl.minimum(tl.maximum(x0 + 1, edge_x), w - 1 - edge_x)
     y0 = tl.minimum(tl.maximum(y0, edge_y), h - 1 - edge_y)
     x0 = tl.minimum(tl.maximum(x0, edge_x), w - 1 - edge_x)
     v00 = tl.load(p_d + y0 * w + x0, mask=m, other=0.0)
@@ -217,7 +217,7 @@ def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence
         h, w = distance.shape[1:]
         scales.append((distance, h, w, (h - 1) / (height - 1) if height > 1 else 0.0,
                        (w - 1) / (width - 1) if width > 1 else 0.0,
-                       border if h > 2 * border else 0, border if w > 2 * border else 0))
+                       border_band(h, border), border_band(w, border)))
     out = torch.empty((batch, height, width), dtype=torch.float32, device=teacher[0].device)
     block = block_size(height * width, 512)  # 4 pixels a thread: registers for 16 warps per SM
     for first in range(0, len(scales), 3):  # three scales a launch: SACD's whole map in one
