@@ -85,11 +85,13 @@ def _add_train(subparsers) -> None:
                    help="rows and columns at each edge of every scale's anomaly map that take the value of the "
                         "nearest cell inside (the teacher's padding makes the edge cells unreliable); default 1 "
                         "for efficientnet_lite0, 0 (the paper's) for the ResNets")
-    p.add_argument("--epochs", type=int, default=200, help="training epochs (the last one is kept)")
+    p.add_argument("--epochs", type=int, default=200,
+                   help="training epochs (the one with the lowest loss on the held-out images is kept)")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of training images held out to calibrate the decision threshold")
+                   help="share of training images held out to choose the epoch kept and calibrate the "
+                        "decision threshold (0: keep the last epoch, calibrate on training images)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE,
                    help="share of normal images the calibrated threshold may flag (estimated on the held-out "

@@ -38,7 +38,7 @@ from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import TrainSettings, check_precision, fit, process_rank
+from sacd_fast.training.train import TrainSettings, check_precision, fit, kept_epoch, process_rank
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -185,7 +185,9 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
         seconds.setdefault(history[-1]["epoch"], round(time.time() - started, 1))
         write_text(log_path, "".join(json.dumps({**h, "seconds": seconds.get(h["epoch"])}) + "\n" for h in history))
         h = history[-1]
-        say(f"epoch {h['epoch']}/{epochs}  loss {h['total']:.4f} (kd {h['kd']:.4f}, intra {h['intra']:.4f})")
+        held_out = f"  held-out {h['held_out_total']:.4f}" if "held_out_total" in h else ""
+        say(f"epoch {h['epoch']}/{epochs}  loss {h['total']:.4f} (kd {h['kd']:.4f}, intra {h['intra']:.4f})"
+            + held_out)
 
     def thresholds(trained: SACD) -> dict:
         values = calibrate(trained, normal, batch_size, device, progress, false_alarm_rate)
@@ -194,11 +196,14 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
         log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
-        finalize=thresholds)
+        finalize=thresholds, validation=Subset(dataset, val_idx) if val_idx else None)
     if process_rank() != 0:
         return None
     payload = load_checkpoint(checkpoint)
     calibrated = payload["thresholds"]
+    kept = kept_epoch(payload["history"])
+    if kept is not None:
+        say(f"kept the weights of epoch {kept} of {payload['epoch']}: the lowest loss on the held-out images")
     say(f"wrote {checkpoint}: {describe_threshold(calibrated)}")
     return {"thresholds": calibrated, "history": payload["history"]}
 

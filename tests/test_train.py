@@ -13,8 +13,9 @@ from torch.utils.data import Dataset
 from sacd_fast import SACD, SACDConfig, normalize
 from sacd_fast.cpu import native_bf16
 from sacd_fast.deploy.inference import load_for_inference
+from sacd_fast.training import train as training
 from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
-from sacd_fast.training.train import TrainSettings, build_optimizer, fit, train_step
+from sacd_fast.training.train import TrainSettings, build_optimizer, fit, held_out_losses, kept_epoch, train_step
 
 DATA = Path(__file__).parent / "data"
 
@@ -95,6 +96,109 @@ def test_bad_checkpoints_are_named(tmp_path):
     save_checkpoint({"config": model.config.to_dict(), "state_dict": state}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"decoder\.layer1\.0\.bn1\.weight"):
         SACD.from_checkpoint(tmp_path / "partial.pt")
+
+
+def scripted_held_out_losses(monkeypatch, totals):
+    """Make the held-out loss of epoch e be ``totals[e - 1]``; returns the
+    weights the model had when each epoch was scored."""
+    weights = []
+
+    def fake(model, *args, **kwargs):
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        total = totals[len(weights) - 1]
+        return {"total": total, "kd": total, "intra": 0.0}
+
+    monkeypatch.setattr(training, "held_out_losses", fake)
+    return weights
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_the_epoch_with_the_lowest_held_out_loss_is_kept_and_the_last_one_resumed(tmp_path, monkeypatch):
+    """Epoch 2 scores best of 3: the model ends with its weights, the checkpoint
+    holds them as the model and epoch 3's as the weights to continue from, and
+    extending the run to 4 epochs (epoch 4 scoring best) ends exactly where an
+    uninterrupted 4-epoch run does."""
+    totals = [0.5, 0.3, 0.4, 0.2]
+    settings = TrainSettings(epochs=3, batch_size=3, seed=3)
+    scored = scripted_held_out_losses(monkeypatch, totals)
+    model = fresh_model()
+    history = fit(model, Images(), settings, checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4))
+    assert [h["held_out_total"] for h in history] == totals[:3] and kept_epoch(history) == 2
+    assert not torch.equal(scored[1]["decoder.layer1.0.conv1.weight"], scored[2]["decoder.layer1.0.conv1.weight"])
+    assert_same_weights(model.state_dict(), scored[1])
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert_same_weights(payload["state_dict"], scored[1])
+    assert_same_weights(payload["last_state_dict"], scored[2])
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(SACD.from_checkpoint(tmp_path / "m.pt").predict(x).maps, model.predict(x).maps)
+
+    extended = fresh_model()
+    scored_after = scripted_held_out_losses(monkeypatch, totals[3:])
+    extended_history = fit(extended, Images(), TrainSettings(epochs=4, batch_size=3, seed=3),
+                           checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4))
+    straight = fresh_model()
+    scripted_held_out_losses(monkeypatch, totals)
+    straight_history = fit(straight, Images(), TrainSettings(epochs=4, batch_size=3, seed=3), progress=False,
+                           validation=Images(n=4))
+    assert extended_history == straight_history and kept_epoch(straight_history) == 4
+    assert_same_weights(extended.state_dict(), straight.state_dict())
+    assert_same_weights(extended.state_dict(), scored_after[0])
+    assert "last_state_dict" not in load_checkpoint(tmp_path / "m.pt")
+
+
+def test_an_interrupted_run_with_held_out_images_resumes_exactly(tmp_path):
+    validation = Images(n=4)
+    straight = fresh_model()
+    history = fit(straight, Images(), SETTINGS, checkpoint=tmp_path / "a.pt", progress=False, validation=validation)
+    assert all(h["held_out_total"] == pytest.approx(h["held_out_kd"] + 0.2 * h["held_out_intra"]) for h in history)
+    interrupted = fresh_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, Images(fail_at=10), SETTINGS, checkpoint=tmp_path / "b.pt", progress=False,
+            validation=validation)
+    resumed = fresh_model()
+    assert fit(resumed, Images(), SETTINGS, checkpoint=tmp_path / "b.pt", progress=False,
+               validation=validation) == history
+    assert_same_weights(resumed.state_dict(), straight.state_dict())
+    with pytest.raises(ValueError, match="trained with held-out images and this run has none"):
+        fit(fresh_model(), Images(), TrainSettings(epochs=3, batch_size=3, seed=3), checkpoint=tmp_path / "a.pt")
+
+
+def test_the_held_out_loss_is_the_eval_mode_loss_on_fixed_synthetic_copies():
+    """The same value on every call (seeds fixed), computed with BatchNorm's
+    running statistics (eval mode), and the model's mode left as it was."""
+    from sacd_fast.data.synthesis import synthesize
+
+    model = fresh_model().train()
+    images = Images(n=5)
+    settings = TrainSettings(batch_size=2, seed=4)
+    first = held_out_losses(model, images, settings, torch.device("cpu"))
+    assert model.training and held_out_losses(model, images, settings, torch.device("cpu")) == first
+    seeds = torch.randint(-(2**62), 2**62, (5,), generator=settings.epoch_generator(0, 2))
+    x01 = images.images
+    model.eval()
+    with torch.no_grad():
+        direct = model.training_losses(normalize(x01), normalize(synthesize(x01, seeds)[0]))
+    for key in ("total", "kd", "intra"):
+        assert first[key] == pytest.approx(direct[key].item(), rel=1e-5)
+    model.train()
+    with torch.no_grad():
+        batch_statistics = model.training_losses(normalize(x01), normalize(synthesize(x01, seeds)[0]))
+    assert batch_statistics["kd"].item() != pytest.approx(first["kd"], rel=1e-3)
+
+
+def test_non_finite_last_weights_are_refused(tmp_path):
+    model = fresh_model()
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    last["ocbe.down2.0.weight"].fill_(float("nan"))
+    save_checkpoint({"config": model.config.to_dict(), "state_dict": model.state_dict(), "last_state_dict": last},
+                    tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"non-finite weights .*ocbe\.down2\.0\.weight"):
+        load_checkpoint(tmp_path / "m.pt")
 
 
 def test_empty_training_set_is_an_error():

@@ -3,8 +3,10 @@
 A checkpoint is a dict saved with ``torch.save``:
 ``format`` ("sacd_fast/1"), ``config`` (the SACD constructor arguments),
 ``state_dict`` (all weights, the frozen teacher's included, so a checkpoint is
-self-contained), and for training runs ``optimizer``, ``epoch`` (epochs done),
-``settings``, ``history`` and ``provenance`` (what the run trained on);
+self-contained: the model the run keeps), and for training runs ``optimizer``,
+``epoch`` (epochs done), ``settings``, ``history``, ``provenance`` (what the
+run trained on) and, when the epoch kept is not the last, ``last_state_dict``
+(the last epoch's weights, which a resumed run continues from);
 ``thresholds`` once calibrated.
 
 Reading never runs code: ``torch.load(weights_only=True)`` unpickles tensors,
@@ -52,7 +54,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     for key in ("config", "state_dict"):
         if not isinstance(payload.get(key), dict):
             raise ValueError(f"{path} is missing {key!r}")
-    bad = non_finite_tensors(payload["state_dict"])
+    if "last_state_dict" in payload and not isinstance(payload["last_state_dict"], dict):
+        raise ValueError(f"{path} has an invalid 'last_state_dict'")
+    bad = non_finite_tensors(payload["state_dict"]) + non_finite_tensors(payload.get("last_state_dict", {}))
     if bad:
         raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
                          "the training diverged or the file was altered")

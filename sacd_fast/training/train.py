@@ -10,7 +10,14 @@ atomically after every epoch, and an interrupted epoch is simply run again.
 A resume is refused when the model, the settings, the training data or the
 teacher weights differ from the checkpoint's.
 
-The last epoch is what is kept: no checkpoint is ever selected on test data.
+With held-out normal images (``fit(validation=...)``; ``sacd-fast train``
+holds out ``--val-fraction`` of them), every epoch ends with the training loss
+on them and their synthetic copies, in eval mode, with the same synthesis
+seeds every epoch; the weights kept are those of the first epoch with the
+lowest held-out loss (:func:`kept_epoch`). Without them the last epoch is
+kept. No checkpoint is ever selected on test data. A checkpoint's
+``state_dict`` is the model kept so far; when the last epoch's weights differ
+from it they travel as ``last_state_dict``, from which a resumed run goes on.
 
 Several GPUs: launch with torchrun and initialise the process group (the CLI
 does it); ``fit`` then wraps the model in DistributedDataParallel, gives each
@@ -149,6 +156,40 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: to
     return {k: v.item() for k, v in losses.items()}
 
 
+@torch.no_grad()
+def held_out_losses(model: SACD, dataset: Dataset, settings: TrainSettings, device: torch.device,
+                    autocast_dtype: torch.dtype | None = None, num_workers: int = 0) -> dict[str, float]:
+    """Mean loss terms of ``model`` in eval mode (as it scores) on held-out normal
+    images and their synthetic copies. The synthesis seeds come from stream 2 of
+    epoch 0, the same every epoch, so that epochs compare."""
+    indices = list(range(len(dataset)))
+    seeds = torch.randint(-(2**62), 2**62, (len(indices),), generator=settings.epoch_generator(0, 2))
+    batches = epoch_batches(indices, settings.batch_size, None)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    try:
+        for batch_indices, batch in zip(batches, loader):
+            x01 = images_of(batch).to(device, non_blocking=True)
+            x_synth, _ = synthesize(x01, seeds[batch_indices])
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                losses = model.training_losses(normalize(x01), normalize(x_synth))
+            sums += torch.tensor([losses["total"].item(), losses["kd"].item(), losses["intra"].item(), 1.0],
+                                 dtype=torch.float64) * x01.shape[0]
+    finally:
+        model.train(was_training)
+    return {k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}
+
+
+def kept_epoch(history: list[dict]) -> int | None:
+    """The epoch whose weights a run keeps: the first with the lowest held-out
+    loss, or None when the run has no held-out images (it keeps its last)."""
+    scored = [h for h in history if "held_out_total" in h]
+    return min(scored, key=lambda h: h["held_out_total"])["epoch"] if scored else None
+
+
 def images_of(batch) -> torch.Tensor:
     """The (B, 3, H, W) image tensor of a batch from a sacd_fast dataset (dict) or a plain tensor."""
     return batch["image"] if isinstance(batch, dict) else batch
@@ -186,7 +227,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
         resume: bool = True, progress: bool = True, num_workers: int = 0,
         log=None, precision: Precision = "fp32", provenance: dict | None = None, finalize=None,
-        teacher_cache_mb: float = 4096) -> list[dict[str, float]]:
+        teacher_cache_mb: float = 4096, validation: Dataset | None = None) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
     Args:
@@ -212,9 +253,14 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             model after the last epoch (rank 0); its entries (e.g. a calibrated
             threshold) go into the final checkpoint, written once. A finished
             checkpoint that lacks them gets them on the next call.
+        validation: held-out normal images (same item format as ``dataset``):
+            their loss is logged every epoch (:func:`held_out_losses`) and the
+            weights of the epoch with the lowest one are kept (:func:`kept_epoch`);
+            ``model`` ends with them. Without it the last epoch is kept.
 
     Returns:
-        The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses.
+        The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses, and
+        with ``validation`` the held-out ones (``held_out_total``, ...).
     """
     settings = settings or TrainSettings()
     provenance = dict(provenance or {})
@@ -224,11 +270,12 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     model.to(device, memory_format=torch.channels_last)
     autocast_dtype = torch.bfloat16 if precision == "bf16" and (on_cuda or native_bf16()) else None
     optimizer = build_optimizer(model, settings)
-    finished, start, history = None, 0, []
+    finished, start, history, kept = None, 0, [], None
     if checkpoint is not None:
         remove_stale_temporaries(checkpoint)
         if resume and os.path.exists(checkpoint):
-            finished, start, history = _resume(checkpoint, model, optimizer, settings, provenance, device)
+            finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
+                                                     validation is not None)
 
     distributed = in_process_group()
     rank = process_rank()
@@ -266,7 +313,12 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
                 dist.broadcast(buffer, 0)
         history.append({"epoch": epoch + 1,
                         **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}})
-        _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank)
+        if validation is not None and rank == 0:
+            held_out = held_out_losses(model, validation, settings, device, autocast_dtype, num_workers)
+            history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
+            if kept_epoch(history) == epoch + 1:
+                kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank, kept)
         if distributed:
             dist.barrier()
     if finished is not None and rank == 0 and finalize is not None:
@@ -288,25 +340,34 @@ def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision
                          "BatchNorm one value per channel: use a batch size of 2 or more")
 
 
-def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device
-            ) -> tuple[dict | None, int, list[dict]]:
+def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device,
+            held_out: bool) -> tuple[dict | None, int, list[dict], dict | None]:
     """Load the checkpoint's weights and optimiser state (ValueError if it
     cannot be continued); returns its payload if it holds a finished run (else
-    None), its epoch and its history."""
+    None), its epoch, its history and the weights kept so far (None before
+    any epoch was scored on held-out images: a run that predates them scores
+    the epochs it adds). A finished run's model holds the kept weights, an
+    unfinished one's the last epoch's."""
     state = load_checkpoint(checkpoint, map_location=device)
     problems = _resume_problems(state, model, settings, provenance)
+    history = list(state["history"])
+    if not held_out and kept_epoch(history) is not None:
+        problems.append("it was trained with held-out images and this run has none")
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
-    model.load_state_dict(state["state_dict"])
+    finished = state["epoch"] >= settings.epochs
+    model.load_state_dict(state["state_dict"] if finished else state.get("last_state_dict", state["state_dict"]))
     optimizer.load_state_dict(state["optimizer"])
-    return (state if state["epoch"] >= settings.epochs else None), state["epoch"], list(state["history"])
+    kept = state["state_dict"] if kept_epoch(history) is not None else None
+    return (state if finished else None), state["epoch"], history, kept
 
 
 def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[dict], provenance: dict,
-               checkpoint, log, finalize, rank: int) -> None:
+               checkpoint, log, finalize, rank: int, kept: dict | None) -> None:
     """After each epoch: refuse diverged weights (every rank: their weights are
-    the same); rank 0 finalises after the last epoch, writes the checkpoint,
-    then calls ``log``."""
+    the same); rank 0 loads the kept weights (``kept``, or the last) into the
+    model after the last epoch and finalises it, writes the checkpoint, then
+    calls ``log``."""
     epoch = history[-1]["epoch"]
     state_dict = model.state_dict()
     diverged = non_finite_tensors(state_dict)
@@ -316,9 +377,15 @@ def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[di
                                  "The last good checkpoint is kept")
     if rank != 0:
         return
+    weights = {"state_dict": state_dict}
+    if kept is not None and kept_epoch(history) != epoch:
+        weights = {"state_dict": kept, "last_state_dict": state_dict}
+        if epoch == settings.epochs:  # the model ends with the kept weights, the checkpoint keeps the last too
+            weights["last_state_dict"] = {k: v.detach().clone() for k, v in state_dict.items()}
+            model.load_state_dict(kept)
     extras = _finalized(model, finalize) if epoch == settings.epochs else {}
     if checkpoint is not None:
-        save_checkpoint({"config": model.config.to_dict(), "state_dict": state_dict,
+        save_checkpoint({"config": model.config.to_dict(), **weights,
                          "optimizer": optimizer.state_dict(), "epoch": epoch, "settings": asdict(settings),
                          "history": history, "provenance": provenance, **extras}, checkpoint)
     if log is not None:
