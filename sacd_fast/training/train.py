@@ -156,6 +156,19 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: to
     return {k: v.item() for k, v in losses.items()}
 
 
+LOSS_TERMS = ("total", "kd", "intra")
+
+
+def loss_sums(losses: dict, images: int) -> torch.Tensor:
+    """A batch's mean loss terms and a count of 1, times its ``images``: summed
+    over batches, :func:`loss_means` turns them into means over images."""
+    return torch.tensor([float(losses[k]) for k in LOSS_TERMS] + [1.0], dtype=torch.float64) * images
+
+
+def loss_means(sums: torch.Tensor) -> dict[str, float]:
+    return {k: float(v / sums[3]) for k, v in zip(LOSS_TERMS, sums)}
+
+
 @torch.no_grad()
 def held_out_losses(model: SACD, dataset: Dataset, settings: TrainSettings, device: torch.device,
                     autocast_dtype: torch.dtype | None = None, num_workers: int = 0) -> dict[str, float]:
@@ -176,11 +189,10 @@ def held_out_losses(model: SACD, dataset: Dataset, settings: TrainSettings, devi
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
                                 enabled=autocast_dtype is not None):
                 losses = model.training_losses(normalize(x01), normalize(x_synth))
-            sums += torch.tensor([losses["total"].item(), losses["kd"].item(), losses["intra"].item(), 1.0],
-                                 dtype=torch.float64) * x01.shape[0]
+            sums += loss_sums(losses, x01.shape[0])
     finally:
         model.train(was_training)
-    return {k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}
+    return loss_means(sums)
 
 
 def kept_epoch(history: list[dict]) -> int | None:
@@ -302,8 +314,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             seeds = torch.randint(-(2**62), 2**62, (x01.shape[0],), generator=seed_source)
             losses = train_step(step_model, optimizer, x01, seeds, autocast_dtype,
                                 teacher=lambda x, indices=indices: cache(x, indices))
-            sums += torch.tensor([losses["total"], losses["kd"], losses["intra"], 1.0], dtype=torch.float64) \
-                * x01.shape[0]
+            sums += loss_sums(losses, x01.shape[0])
             bar.set_postfix(loss=f"{losses['total']:.4f}")
         if distributed:
             sums = sums.to(device)
@@ -312,7 +323,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             for buffer in model.buffers():  # BatchNorm statistics: every replica ends the epoch as rank 0
                 dist.broadcast(buffer, 0)
         history.append({"epoch": epoch + 1,
-                        **{k: float(v / sums[3]) for k, v in zip(("total", "kd", "intra"), sums)}})
+                        **loss_means(sums)})
         if validation is not None and rank == 0:
             held_out = held_out_losses(model, validation, settings, device, autocast_dtype, num_workers)
             history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
