@@ -37,6 +37,7 @@ from sacd_fast.evaluation.metrics import evaluate
 from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
 from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD, normalize
+from sacd_fast.training.train import PRECISIONS
 
 BANK_LIMIT = 65536
 
@@ -83,13 +84,13 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
 
 def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
          seed: int = 0, teacher_input: str = "native", map_mode: str | None = None,
-         map_border: int | None = None) -> dict:
+         map_border: int | None = None, precision: str | None = None) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
     options = dict(category=category, backbone=backbone, image_size=image_size, batch_size=batch_size, seed=seed,
                    teacher_input=teacher_input, map_mode=map_mode, map_border=map_border, device="cpu",
-                   progress=False)
+                   progress=False, **({"precision": precision} if precision else {}))
     trained = commands.train(root, out, **options, **({"epochs": epochs} if epochs else {}))
     report = commands.evaluate(out / "model.pt", root, out / "eval", category=category, batch_size=batch_size,
                                device="cpu", progress=False)
@@ -124,6 +125,8 @@ def main() -> None:
                         help="how SACD combines its per-scale maps (default: sacd-fast train's)")
     parser.add_argument("--map-border", type=int, default=None,
                         help="SACD's map border cells read from inside (default: sacd-fast train's)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="SACD's training precision (default: sacd-fast train's)")
     parser.add_argument("--skip-baseline", action="store_true", help="run SACD only")
     args = parser.parse_args()
     rows = []
@@ -133,7 +136,7 @@ def main() -> None:
             rows.append({"category": category, "method": "sacd",
                          **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
                                 args.batch_size, teacher_input=args.teacher_input, map_mode=args.map_mode,
-                                map_border=args.map_border)})
+                                map_border=args.map_border, precision=args.precision)})
             if not args.skip_baseline:
                 rows.append({"category": category, "method": "knn",
                              **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size,

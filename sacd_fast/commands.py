@@ -110,7 +110,7 @@ def start_distributed(device: torch.device) -> torch.device:
 def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | None = None,
           backbone: str = "wide_resnet50_2", teacher_weights: str | None = "imagenet", epochs: int = 200,
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
-          false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "fp32",
+          false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "bf16",
           progress: bool = True, teacher_input: str = "native", map_mode: str | None = None,
           map_border: int | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
@@ -119,8 +119,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     it stopped) and ``out/train_log.jsonl``. The decision threshold is set for
     ``false_alarm_rate`` on the held-out normal images
     (:mod:`sacd_fast.evaluation.calibration`). Under torchrun every process trains its
-    share; rank 0 writes. Returns the checkpoint's thresholds and history
-    (None on the other ranks).
+    share; rank 0 writes. ``precision`` "bf16" (the default) trains under bf16
+    autocast on CUDA and on CPUs with native bf16, in fp32 elsewhere; "fp32"
+    always in fp32. Returns the checkpoint's thresholds and history (None on
+    the other ranks).
     """
     check_setting("epochs", epochs, 1, integer=True)
     check_image_size(image_size)
@@ -137,9 +139,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         check_setting("map-border", map_border, 0, integer=True)
     device = resolve_device(device)
     check_precision(precision)  # before the data are read
-    if precision == "bf16" and device.type != "cuda":
-        say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
-            "training in fp32: this CPU has no native bf16")
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun started several processes
     if launched:
         device = start_distributed(device)
@@ -163,6 +162,9 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
            epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
            progress) -> dict | None:
     dataset.check(progress)
+    if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
+        say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
+            "training in fp32: this CPU has no native bf16")
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
     model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,

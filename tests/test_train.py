@@ -73,6 +73,25 @@ def test_resume_refuses_a_different_config(tmp_path):
             checkpoint=tmp_path / "m.pt")
 
 
+def test_resume_refuses_another_precision_and_records_the_one_computed_in(tmp_path, monkeypatch):
+    """The checkpoint records what the run computed in: "bf16" only where bf16
+    autocast ran (native bf16, here made so); a resume in the other is refused."""
+    settings = TrainSettings(epochs=1, batch_size=4)
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "a.pt", progress=False, precision="bf16")
+    assert load_checkpoint(tmp_path / "a.pt")["precision"] == "fp32"  # no native bf16: it trained in fp32
+    monkeypatch.setattr(training, "native_bf16", lambda: True)
+    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "b.pt", progress=False, precision="bf16")
+    assert load_checkpoint(tmp_path / "b.pt")["precision"] == "bf16"
+    longer = TrainSettings(epochs=2, batch_size=4)
+    with pytest.raises(ValueError, match="trained in fp32 and this run computes in bf16"):
+        fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "a.pt", progress=False, precision="bf16")
+    with pytest.raises(ValueError, match="trained in bf16 and this run computes in fp32"):
+        fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "b.pt", progress=False, precision="fp32")
+    assert len(fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "b.pt", progress=False,
+                   precision="bf16")) == 2
+
+
 def test_from_checkpoint_restores_predictions(tmp_path):
     model = fresh_model()
     fit(model, Images(), TrainSettings(epochs=1, batch_size=4), checkpoint=tmp_path / "m.pt", progress=False)

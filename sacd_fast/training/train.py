@@ -7,8 +7,8 @@ the shuffle order and the synthesis seeds come from generators seeded by
 with the same weights as a run that was never interrupted, whether it was
 stopped by Ctrl-C, SIGTERM, SIGKILL or a full disk: the checkpoint is written
 atomically after every epoch, and an interrupted epoch is simply run again.
-A resume is refused when the model, the settings, the training data or the
-teacher weights differ from the checkpoint's.
+A resume is refused when the model, the settings, the training data, the
+teacher weights or the precision computed in differ from the checkpoint's.
 
 With held-out normal images (``fit(validation=...)``; ``sacd-fast train``
 holds out ``--val-fraction`` of them), every epoch ends with the training loss
@@ -281,13 +281,14 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     on_cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last)
     autocast_dtype = torch.bfloat16 if precision == "bf16" and (on_cuda or native_bf16()) else None
+    computed = "fp32" if autocast_dtype is None else "bf16"  # what the run computes in, as checkpoints record it
     optimizer = build_optimizer(model, settings)
     finished, start, history, kept = None, 0, [], None
     if checkpoint is not None:
         remove_stale_temporaries(checkpoint)
         if resume and os.path.exists(checkpoint):
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
-                                                     validation is not None)
+                                                     validation is not None, computed)
 
     distributed = in_process_group()
     rank = process_rank()
@@ -329,7 +330,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
             if kept_epoch(history) == epoch + 1:
                 kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank, kept)
+        _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank, kept, computed)
         if distributed:
             dist.barrier()
     if finished is not None and rank == 0 and finalize is not None:
@@ -352,18 +353,22 @@ def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision
 
 
 def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device,
-            held_out: bool) -> tuple[dict | None, int, list[dict], dict | None]:
+            held_out: bool, computed: str) -> tuple[dict | None, int, list[dict], dict | None]:
     """Load the checkpoint's weights and optimiser state (ValueError if it
     cannot be continued); returns its payload if it holds a finished run (else
     None), its epoch, its history and the weights kept so far (None before
     any epoch was scored on held-out images: a run that predates them scores
     the epochs it adds). A finished run's model holds the kept weights, an
-    unfinished one's the last epoch's."""
+    unfinished one's the last epoch's. ``computed``: "fp32" or "bf16", what
+    this run computes in; a checkpoint that records another is refused (one
+    written before checkpoints recorded it is not checked)."""
     state = load_checkpoint(checkpoint, map_location=device)
     problems = _resume_problems(state, model, settings, provenance)
     history = list(state["history"])
     if not held_out and kept_epoch(history) is not None:
         problems.append("it was trained with held-out images and this run has none")
+    if state.get("precision", computed) != computed:
+        problems.append(f"it was trained in {state['precision']} and this run computes in {computed} (precision)")
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
     finished = state["epoch"] >= settings.epochs
@@ -374,7 +379,7 @@ def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provena
 
 
 def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[dict], provenance: dict,
-               checkpoint, log, finalize, rank: int, kept: dict | None) -> None:
+               checkpoint, log, finalize, rank: int, kept: dict | None, computed: str) -> None:
     """After each epoch: refuse diverged weights (every rank: their weights are
     the same); rank 0 loads the kept weights (``kept``, or the last) into the
     model after the last epoch and finalises it, writes the checkpoint, then
@@ -398,7 +403,7 @@ def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[di
     if checkpoint is not None:
         save_checkpoint({"config": model.config.to_dict(), **weights,
                          "optimizer": optimizer.state_dict(), "epoch": epoch, "settings": asdict(settings),
-                         "history": history, "provenance": provenance, **extras}, checkpoint)
+                         "precision": computed, "history": history, "provenance": provenance, **extras}, checkpoint)
     if log is not None:
         log(history)
 
