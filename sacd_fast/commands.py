@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from sacd_fast.cpu import native_bf16
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
 from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.deploy.export import Inferencer, export
@@ -38,7 +37,7 @@ from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import TrainSettings, check_precision, fit, kept_epoch, process_rank
+from sacd_fast.training.train import TrainSettings, check_precision, computed_precision, fit, kept_epoch, process_rank
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -163,8 +162,8 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
            progress) -> dict | None:
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
-        say("training under bf16 autocast (this CPU has native bf16)" if native_bf16() else
-            "training in fp32: this CPU has no native bf16")
+        say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"
+            else "training in fp32: this CPU has no native bf16")
     train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
     torch.manual_seed(seed)
     model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,

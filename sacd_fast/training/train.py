@@ -87,6 +87,12 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
+def computed_precision(precision: str, device: torch.device) -> str:
+    """What a run asked for ``precision`` computes in on ``device``: "bf16" on
+    CUDA and on CPUs with native bf16, else "fp32" (as checkpoints record it)."""
+    return "bf16" if precision == "bf16" and (device.type == "cuda" or native_bf16()) else "fp32"
+
+
 def in_process_group() -> bool:
     """Whether this process trains as one of several in a torch.distributed group
     (torchrun; ``sacd-fast train`` joins the group when torchrun started it)."""
@@ -280,8 +286,8 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last)
-    autocast_dtype = torch.bfloat16 if precision == "bf16" and (on_cuda or native_bf16()) else None
-    computed = "fp32" if autocast_dtype is None else "bf16"  # what the run computes in, as checkpoints record it
+    computed = computed_precision(precision, device)
+    autocast_dtype = torch.bfloat16 if computed == "bf16" else None
     optimizer = build_optimizer(model, settings)
     finished, start, history, kept = None, 0, [], None
     if checkpoint is not None:
@@ -323,8 +329,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             sums = sums.cpu()
             for buffer in model.buffers():  # BatchNorm statistics: every replica ends the epoch as rank 0
                 dist.broadcast(buffer, 0)
-        history.append({"epoch": epoch + 1,
-                        **loss_means(sums)})
+        history.append({"epoch": epoch + 1, **loss_means(sums)})
         if validation is not None and rank == 0:
             held_out = held_out_losses(model, validation, settings, device, autocast_dtype, num_workers)
             history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
