@@ -43,12 +43,20 @@ class _WatchedFile:
     """A binary file whose write errors and interruptions are remembered:
     torch.save reports a full disk, or a Ctrl-C / SIGTERM that lands in a
     write, as a position mismatch (RuntimeError), so the original OSError or
-    KeyboardInterrupt is kept here."""
+    KeyboardInterrupt is kept here.
+
+    Once the atomic write has failed (``abandoned``), writes are ignored: an
+    interrupt can leave torch's zip writer unfinished, and when it is freed,
+    possibly only at exit and after this file was closed and deleted, it
+    writes the zip's end. Failing there would abort the interpreter (an
+    exception in a C++ destructor)."""
 
     def __init__(self, file: BinaryIO):
-        self._file, self.error = file, None
+        self._file, self.error, self.abandoned = file, None, False
 
     def write(self, data) -> int:
+        if self.abandoned:
+            return memoryview(data).nbytes
         try:
             return self._file.write(data)
         except (OSError, KeyboardInterrupt) as e:
@@ -82,6 +90,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        if watched is not None:
+            watched.abandoned = True
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         cause = watched.error if watched is not None and watched.error is not None else e

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -745,6 +746,31 @@ def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, mon
     path = tmp_path / "model.pt"
     with pytest.raises(KeyboardInterrupt):
         files.atomic_write(path, lambda f: torch.save({"a": torch.zeros(1000), "b": torch.ones(1000)}, f))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_writer_an_interrupt_left_unfinished_cannot_abort_the_exit(tmp_path):
+    """An interrupt can leave torch.save's zip writer unfinished; freed later
+    (at exit, after the temporary file was closed and deleted), it still
+    writes the zip's end. That write must be ignored: raised inside the C++
+    destructor it aborts the interpreter (SIGABRT instead of a clean exit)."""
+    script = textwrap.dedent(f"""
+        import gc, torch
+        from sacd_fast import files
+        unfinished = []
+        def write(f):
+            unfinished.append(torch.serialization._open_zipfile_writer(f))
+            raise KeyboardInterrupt
+        try:
+            files.atomic_write({str(tmp_path / "model.pt")!r}, write)
+        except KeyboardInterrupt:
+            pass
+        unfinished.clear()
+        gc.collect()
+        print("exited cleanly")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "exited cleanly" in done.stdout, done.stderr
     assert list(tmp_path.iterdir()) == []
 
 
