@@ -109,20 +109,17 @@ def test_bundled_lite_weights_classify_a_real_photo(backbone):
     skimage_data = pytest.importorskip("skimage.data")
     from torch import nn
 
-    from sacd_fast.network.teacher import LITE_STAGES, MBConv, bundled_lite_weights, lite_taps
+    from sacd_fast.network.teacher import bundled_lite_weights, lite_blocks, lite_taps
 
     model = SACD(backbone, teacher_weights="imagenet", image_size=224)
     teacher = model.teacher
     state = torch.load(bundled_lite_weights(backbone), map_location="cpu")
-    blocks, cin = [], 32
-    for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
-        for r in range(repeats):
-            blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
-            cin = cout
+    blocks = lite_blocks(backbone)
     offset = lite_taps(backbone)[-1] + 1
     tail = nn.ModuleDict({"_blocks": nn.ModuleList(blocks[offset:])})
-    head = nn.Sequential(nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)).eval()
+    head = nn.Sequential(nn.Conv2d(blocks[-1]._bn2.num_features, 1280, 1, bias=False),
+                         nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(1280, 1000)).eval()
     tail_state = {f"_blocks.{int(k.split('.')[1]) - offset}.{k.split('.', 2)[2]}": v
                   for k, v in state.items() if k.startswith("_blocks.") and int(k.split(".")[1]) >= offset}
     tail.load_state_dict(tail_state, strict=True)

