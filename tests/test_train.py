@@ -113,8 +113,16 @@ def test_bad_checkpoints_are_named(tmp_path):
     state = model.state_dict()
     state.pop("decoder.layer1.0.bn1.weight")
     save_checkpoint({"config": model.config.to_dict(), "state_dict": state}, tmp_path / "partial.pt")
-    with pytest.raises(ValueError, match=r"decoder\.layer1\.0\.bn1\.weight"):
+    with pytest.raises(ValueError, match=r"missing tensors: 1 \(decoder\.layer1\.0\.bn1\.weight\)$"):
         SACD.from_checkpoint(tmp_path / "partial.pt")
+    lite0, lite2 = (random_teacher_model(backbone, 64) for backbone in ("efficientnet_lite0", "efficientnet_lite2"))
+    save_checkpoint({"config": lite0.config.to_dict(), "state_dict": lite2.state_dict()}, tmp_path / "lite2.pt")
+    with pytest.raises(ValueError) as refused:
+        SACD.from_checkpoint(tmp_path / "lite2.pt")
+    message = str(refused.value)
+    assert "lite2.pt does not match SACD(" in message and len(message) < 1000, message
+    assert "unexpected tensors: 72 (teacher._blocks.11._expand_conv.weight, " in message
+    assert "tensors of another shape: " in message and "where the model has" in message
 
 
 def scripted_held_out_losses(monkeypatch, totals):

@@ -25,7 +25,7 @@ from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
 from sacd_fast.network.teacher import build_teacher
-from sacd_fast.training.checkpoint import load_checkpoint
+from sacd_fast.training.checkpoint import load_checkpoint, state_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,6 +188,9 @@ class SACD(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the teacher's weights come from the checkpoint
             model = cls.from_config(config)
+        mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
+        if mismatch:
+            raise ValueError(f"checkpoint {source} does not match SACD({config}): {mismatch}")
         try:
             model.load_state_dict(payload["state_dict"], strict=True)
         except RuntimeError as e:

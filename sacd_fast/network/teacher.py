@@ -31,6 +31,7 @@ from torch import nn
 
 from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
 from sacd_fast.network.config import TEACHER_INPUTS
+from sacd_fast.training.checkpoint import state_mismatch
 
 IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
@@ -111,16 +112,9 @@ class Teacher(nn.Module):
         """Strictly load a checkpoint's encoder keys; ``ignored_prefixes`` (deeper
         layers and the classifier, which this module does not build) are dropped."""
         kept = {k: v for k, v in state_dict.items() if not k.startswith(self.ignored_prefixes)}
-        own = self.state_dict()
-        missing = [k for k in own if k not in kept]
-        unexpected = [k for k in kept if k not in own]
-        wrong = [f"{k} {tuple(kept[k].shape)} (expected {tuple(v.shape)})"
-                 for k, v in own.items() if k in kept and kept[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"teacher weights {source} do not fit {type(self).__name__}: "
-                f"missing keys {missing[:6]}, unexpected keys {unexpected[:6]}, wrong shapes {wrong[:6]}"
-            )
+        mismatch = state_mismatch(self.state_dict(), kept)
+        if mismatch:
+            raise ValueError(f"teacher weights {source} do not fit {type(self).__name__}: {mismatch}")
         self.load_state_dict(kept, strict=True)
 
 

@@ -74,3 +74,18 @@ def config_mismatch(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
     return [f"{k}: checkpoint {saved.get(k)!r} != requested {current.get(k)!r}"
             for k in keys if saved.get(k) != current.get(k)]
+
+
+def state_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """How ``given`` (a state dict read from a file) differs from a module's
+    ``expected`` one in names and shapes: each kind counted, its first ``shown``
+    named; "" if they match."""
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    kinds = {
+        "missing tensors": [k for k in expected if k not in given],
+        "unexpected tensors": [k for k in given if k not in expected],
+        "tensors of another shape": [f"{k} {shape(given[k])} where the model has {shape(v)}"
+                                     for k, v in expected.items() if k in given and shape(given[k]) != shape(v)],
+    }
+    return "; ".join(f"{kind}: {len(names)} ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})"
+                     for kind, names in kinds.items() if names)
