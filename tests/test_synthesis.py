@@ -6,6 +6,7 @@ from conftest import SEEDS, assert_close, opensimplex_field
 
 from sacd_fast import synthesize
 from sacd_fast.data.synthesis import patch_bounds
+from sacd_fast.kernels.simplex import reference
 from sacd_fast.kernels.simplex.reference import patch_geometry, simplex_noise3d
 
 
@@ -19,6 +20,15 @@ def test_simplex_noise_matches_opensimplex():
 def test_simplex_noise_other_settings():
     field = simplex_noise3d((1, 2, 9, 11), torch.tensor([7]), octaves=3, persistence=0.5, frequency=4.0)
     assert_close(field[0], torch.from_numpy(opensimplex_field(7, 2, 9, 11, 3, 0.5, 4.0)), "noise")
+
+
+def test_simplex_noise_in_chunks_matches_opensimplex(monkeypatch):
+    """Grids larger than one evaluation's chunk of points give the same values."""
+    whole = simplex_noise3d((2, 3, 13, 17), torch.tensor(SEEDS[:2]))
+    monkeypatch.setattr(reference, "NOISE_CHUNK", 100)  # 1326 points: 14 chunks, the last one partial
+    field = simplex_noise3d((2, 3, 13, 17), torch.tensor(SEEDS[:2]))
+    assert torch.equal(field, whole)
+    assert_close(field[1], torch.from_numpy(opensimplex_field(SEEDS[1], 3, 13, 17)), "noise")
 
 
 def test_patch_geometry_follows_rd_plus_plus():

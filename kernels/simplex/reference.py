@@ -171,10 +171,12 @@ def _noise3(x, y, z, batch, perm, grad_index):
         s = (i + j + k) * SQUISH_3D
         dx, dy, dz = dx0 - i - s, dy0 - j - s, dz0 - k - s
         attn = (2 - dx * dx - dy * dy - dz * dz).clamp_min(0)
-        hashed = perm[base + ((xsb + i) & 255)]
-        hashed = perm[base + ((hashed + ysb + j) & 255)]
-        g = grad_index[base + ((hashed + zsb + k) & 255)]
-        ramp = gradients[g] * dx + gradients[g + 1] * dy + gradients[g + 2] * dz
+        # index_select, not advanced indexing: the same gather, several times faster on a CPU
+        hashed = perm.index_select(0, base + ((xsb + i) & 255))
+        hashed = perm.index_select(0, base + ((hashed + ysb + j) & 255))
+        g = grad_index.index_select(0, base + ((hashed + zsb + k) & 255))
+        gx, gy, gz = (gradients.index_select(0, g + axis) for axis in range(3))
+        ramp = gx * dx + gy * dy + gz * dz
         return attn.square().square() * ramp
 
     value = torch.zeros_like(x)
@@ -210,16 +212,26 @@ def simplex_noise3d(
     return _fractal_noise(seeds, batch, zc, yc, xc, octaves, persistence, frequency).view(b, c, h, w)
 
 
+NOISE_CHUNK = 1 << 16  # points per noise evaluation (times the octaves)
+
+
 def _fractal_noise(seeds, batch, zc, yc, xc, octaves=6, persistence=0.6, frequency=32.0) -> torch.Tensor:
     """:func:`simplex_noise3d` at the integer points (zc, yc, xc) of the images ``batch``
     (four int64 vectors), float32: only the points needed are evaluated."""
     perm, grad_index = (t.reshape(-1) for t in simplex_permutations(seeds))
-    zc, yc, xc = (v.to(torch.float64) for v in (zc, yc, xc))
-    total = torch.zeros_like(xc)
-    for o in range(octaves):
-        scale = 2.0**o / frequency
-        total += persistence**o * _noise3(xc * scale, yc * scale, zc * scale, batch, perm, grad_index)
-    return total.float()
+    scales = torch.tensor([2.0**o / frequency for o in range(octaves)], dtype=torch.float64,
+                          device=xc.device).view(-1, 1)
+    totals = []
+    # Every octave of a chunk of points in one call: at patch sizes the per-op cost dominates,
+    # and the chunks bound the memory of large grids.
+    for z, y, x, b in zip(*(v.split(NOISE_CHUNK) for v in (zc, yc, xc, batch))):
+        z, y, x = (v.to(torch.float64) * scales for v in (z, y, x))
+        noise = _noise3(x.reshape(-1), y.reshape(-1), z.reshape(-1), b.repeat(octaves), perm, grad_index)
+        total = torch.zeros(len(b), dtype=torch.float64, device=b.device)
+        for o, octave in enumerate(noise.view(octaves, -1)):
+            total += persistence**o * octave
+        totals.append(total)
+    return torch.cat(totals).float()
 
 
 GEOMETRY_SALT = 0x5DEECE66D  # xor-ed into the seed: the patch draws differ from the noise's own stream
