@@ -1,14 +1,16 @@
 """Detection quality on your own data: SACD against a patch-kNN baseline.
 
     python bench/quality.py ROOT --categories bottle,screw [--backbone efficientnet_lite0]
-        [--image-size 256] [--epochs N] [--work DIR] [--json quality.json]
+        [--image-size 256] [--epochs N] [--time-budget SECONDS|knn] [--work DIR] [--json quality.json]
 
 For each category of an MVTec-layout ROOT (train/good, test/<defect>,
 ground_truth/<defect>), this trains SACD with ``sacd-fast train`` (its
 defaults, plus the options given), evaluates it with ``sacd-fast eval``, and
 runs a patch-nearest-neighbour baseline on the same teacher's features (no
 training): it prints image AUROC, pixel AUROC, PRO and wall time side by side
-and writes them as JSON. The baseline is a plain PatchCore-style detector:
+and writes them as JSON. ``--time-budget knn`` gives SACD's training, per
+category, the seconds the baseline's whole run took (it then runs first), the
+comparison at equal wall-clock. The baseline is a plain PatchCore-style detector:
 the teacher's stride-8 and stride-16 stage outputs (signed, before any ReLU),
 the coarser upsampled and concatenated to the finer, averaged over 3x3
 neighbourhoods; a memory bank of the training patches (a seeded random subset
@@ -84,28 +86,31 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
 
 def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
          seed: int = 0, teacher_input: str = "native", map_mode: str | None = None,
-         map_border: int | None = None, precision: str | None = None) -> dict:
+         map_border: int | None = None, precision: str | None = None, time_budget: float | None = None) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
     options = dict(category=category, backbone=backbone, image_size=image_size, batch_size=batch_size, seed=seed,
                    teacher_input=teacher_input, map_mode=map_mode, map_border=map_border, device="cpu",
-                   progress=False, **({"precision": precision} if precision else {}))
+                   progress=False, time_budget=time_budget, **({"precision": precision} if precision else {}))
     trained = commands.train(root, out, **options, **({"epochs": epochs} if epochs else {}))
     report = commands.evaluate(out / "model.pt", root, out / "eval", category=category, batch_size=batch_size,
                                device="cpu", progress=False)
     return {key: report[key] for key in ("image_auroc", "pixel_auroc", "pro", "f1_max")} | {
-        "epochs": len(trained["history"]), "seconds": round(time.perf_counter() - started, 1)}
+        "epochs": len(trained["history"]), "time_budget": time_budget,
+        "seconds": round(time.perf_counter() - started, 1)}
 
 
 def format_table(rows: list[dict]) -> str:
     def value(v):
         return f"{v:.3f}" if isinstance(v, float) and v <= 1 else ("-" if v is None else str(v))
 
-    lines = [f"{'category':<14} {'method':<6} {'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'seconds':>8}"]
+    lines = [f"{'category':<14} {'method':<6} {'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'epochs':>6} "
+             f"{'seconds':>8}"]
     for r in rows:
         lines.append(f"{r['category']:<14} {r['method']:<6} {value(r['image_auroc']):>11} "
-                     f"{value(r['pixel_auroc']):>11} {value(r['pro']):>6} {r['seconds']:>8.1f}")
+                     f"{value(r['pixel_auroc']):>11} {value(r['pro']):>6} {value(r.get('epochs')):>6} "
+                     f"{r['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -116,6 +121,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0", help="teacher of SACD and of the baseline")
     parser.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     parser.add_argument("--epochs", type=int, default=None, help="SACD epochs (default: sacd-fast train's)")
+    parser.add_argument("--time-budget", default=None, metavar="SECONDS|knn",
+                        help="seconds of SACD training (at most --epochs), or 'knn': the baseline's whole run")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument("--work", default=None, help="folder for the trained models (default: a temporary one)")
     parser.add_argument("--json", default="quality.json", help="where to write the results")
@@ -129,19 +136,24 @@ def main() -> None:
                         help="SACD's training precision (default: sacd-fast train's)")
     parser.add_argument("--skip-baseline", action="store_true", help="run SACD only")
     args = parser.parse_args()
+    if args.time_budget == "knn" and args.skip_baseline:
+        parser.error("--time-budget knn needs the baseline: drop --skip-baseline")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         for category in args.categories.split(","):
+            baseline = None if args.skip_baseline else {
+                "category": category, "method": "knn",
+                **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size,
+                               teacher_input=args.teacher_input)}
+            budget = baseline["seconds"] if args.time_budget == "knn" else \
+                None if args.time_budget is None else float(args.time_budget)
             rows.append({"category": category, "method": "sacd",
                          **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
                                 args.batch_size, teacher_input=args.teacher_input, map_mode=args.map_mode,
-                                map_border=args.map_border, precision=args.precision)})
-            if not args.skip_baseline:
-                rows.append({"category": category, "method": "knn",
-                             **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size,
-                                            teacher_input=args.teacher_input)})
-            print(format_table(rows[-2:] if not args.skip_baseline else rows[-1:]), flush=True)
+                                map_border=args.map_border, precision=args.precision, time_budget=budget)})
+            rows += [baseline] if baseline else []
+            print(format_table(rows[-2:] if baseline else rows[-1:]), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, " \
               f"torch {torch.__version__}"
     result = {"machine": machine, "settings": vars(args), "rows": rows}

@@ -111,7 +111,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "bf16",
           progress: bool = True, teacher_input: str = "native", map_mode: str | None = None,
-          map_border: int | None = None) -> dict | None:
+          map_border: int | None = None, time_budget: float | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
@@ -120,10 +120,16 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     (:mod:`sacd_fast.evaluation.calibration`). Under torchrun every process trains its
     share; rank 0 writes. ``precision`` "bf16" (the default) trains under bf16
     autocast on CUDA and on CPUs with native bf16, in fp32 elsewhere; "fp32"
-    always in fp32. Returns the checkpoint's thresholds and history (None on
+    always in fp32. ``time_budget``: seconds of training after which no new
+    epoch starts that would end past them (``fit``'s ``time_budget``; at most
+    ``epochs`` run). Returns the checkpoint's thresholds and history (None on
     the other ranks).
     """
     check_setting("epochs", epochs, 1, integer=True)
+    if time_budget is not None:
+        check_setting("time-budget", time_budget)
+        if time_budget <= 0:
+            raise ValueError(f"--time-budget must be > 0 seconds, got {time_budget}")
     check_image_size(image_size)
     check_setting("batch-size", batch_size, 1, integer=True)
     check_setting("seed", seed, 0, integer=True)
@@ -146,12 +152,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         if process_rank() != 0:
             _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
                    image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-                   progress=False)
+                   progress=False, time_budget=time_budget)
             return None
         with exclusive_folder(out, "sacd-fast train"):
             return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
                           image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-                          progress)
+                          progress, time_budget)
     finally:
         if launched:
             dist.destroy_process_group()
@@ -159,7 +165,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
            epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-           progress) -> dict | None:
+           progress, time_budget=None) -> dict | None:
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
         say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"
@@ -197,10 +203,13 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
         log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
-        finalize=thresholds, validation=Subset(dataset, val_idx) if val_idx else None)
+        finalize=thresholds, validation=Subset(dataset, val_idx) if val_idx else None, time_budget=time_budget)
     if process_rank() != 0:
         return None
     payload = load_checkpoint(checkpoint)
+    if time_budget is not None and payload["epoch"] < epochs:
+        say(f"stopped after epoch {payload['epoch']} of {epochs}: another would have overrun the "
+            f"{time_budget:g} s time budget")
     calibrated = payload["thresholds"]
     kept = kept_epoch(payload["history"])
     if kept is not None:

@@ -1,5 +1,8 @@
 """Run by tests/test_distributed.py under torchrun: trains with fit() on the
-gloo backend and writes each rank's weights and the images it read."""
+gloo backend and writes each rank's weights and the images it read. With a
+second argument, "budget", rank 0 trains with a time budget too short for a
+second epoch and the other ranks with one that fits many: rank 0's decision
+must end the run on every rank."""
 
 import json
 import os
@@ -26,7 +29,7 @@ class Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def main(out):
+def main(out, mode=None):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
@@ -34,8 +37,9 @@ def main(out):
         warnings.simplefilter("ignore")
         model = SACD("resnet18", teacher_weights=None, image_size=64)
     data = Images()
+    budget = None if mode != "budget" else 1e-3 if rank == 0 else 1e6
     history = fit(model, data, TrainSettings(epochs=2, batch_size=2), checkpoint=os.path.join(out, "model.pt"),
-                  progress=False)
+                  progress=False, time_budget=budget)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"read": data.read, "history": history}, f)
@@ -43,4 +47,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -32,6 +32,14 @@ def test_ddp_replicas_stay_identical_and_split_the_data(tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in states[0].items())
 
 
+def test_rank_0_decides_where_a_time_budget_ends_the_run(tmp_path):
+    torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), "budget", cwd=tmp_path)
+    reads = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(r["history"]) for r in reads] == [1, 1] and reads[0]["history"] == reads[1]["history"]
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert payload["epoch"] == 1 and payload["settings"]["epochs"] == 1
+
+
 def test_cli_train_under_torchrun(tmp_path):
     write_dataset(tmp_path / "data", "disc", seed=2, n_train=10, n_test_good=2, n_per_defect=1, progress=False)
     torchrun("-m", "sacd_fast", "train", "--data", "data", "--category", "disc", "--out", "run",

@@ -178,6 +178,55 @@ def test_the_epoch_with_the_lowest_held_out_loss_is_kept_and_the_last_one_resume
     assert "last_state_dict" not in load_checkpoint(tmp_path / "m.pt")
 
 
+def test_a_time_budget_ends_the_run_at_the_last_epoch_that_fits(tmp_path, monkeypatch):
+    """Each epoch takes 10 s of a scripted clock (its held-out scoring advances
+    it). With 25 s and 5 epochs asked for, epoch 2 ends at 20 s and a third
+    would end at 30 s: the run ends after 2, finalised, with the kept epoch's
+    weights. A rerun with a budget finds it finished; one without trains on,
+    and ends exactly where a straight 3-epoch run does."""
+    now = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+
+    def ten_second_epochs(totals):
+        scored = scripted_held_out_losses(monkeypatch, totals)
+        scripted = training.held_out_losses
+
+        def held_out(*args, **kwargs):
+            now[0] += 10
+            return scripted(*args, **kwargs)
+
+        monkeypatch.setattr(training, "held_out_losses", held_out)
+        return scored
+
+    scored = ten_second_epochs([0.3, 0.5, 0.4])
+    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4),
+                  finalize=lambda model: {"finalized": True})
+    model = fresh_model()
+    history = fit(model, Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=25, **common)
+    assert [h["epoch"] for h in history] == [1, 2] and kept_epoch(history) == 1
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == 2 and payload["settings"]["epochs"] == 2 and payload["finalized"]
+    assert_same_weights(model.state_dict(), scored[0])
+
+    again = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=25, **common)
+    assert again == history and len(scored) == 2  # nothing trained or scored
+
+    extended = fresh_model()
+    extended_history = fit(extended, Images(), TrainSettings(epochs=3, batch_size=3, seed=3), **common)
+    scripted_held_out_losses(monkeypatch, [0.3, 0.5, 0.4])
+    straight = fresh_model()
+    assert fit(straight, Images(), TrainSettings(epochs=3, batch_size=3, seed=3), progress=False,
+               validation=Images(n=4)) == extended_history
+    assert_same_weights(extended.state_dict(), straight.state_dict())
+
+    ten_second_epochs([0.3])
+    short = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=1,
+                progress=False, validation=Images(n=4))
+    assert len(short) == 1  # the first epoch always runs
+    with pytest.raises(ValueError, match="time_budget must be a finite number of seconds > 0"):
+        fit(fresh_model(), Images(), SETTINGS, time_budget=0)
+
+
 def test_an_interrupted_run_with_held_out_images_resumes_exactly(tmp_path):
     validation = Images(n=4)
     straight = fresh_model()

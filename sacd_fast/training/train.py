@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -245,7 +246,8 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
         resume: bool = True, progress: bool = True, num_workers: int = 0,
         log=None, precision: Precision = "fp32", provenance: dict | None = None, finalize=None,
-        teacher_cache_mb: float = 4096, validation: Dataset | None = None) -> list[dict[str, float]]:
+        teacher_cache_mb: float = 4096, validation: Dataset | None = None,
+        time_budget: float | None = None) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
     Args:
@@ -275,6 +277,13 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             their loss is logged every epoch (:func:`held_out_losses`) and the
             weights of the epoch with the lowest one are kept (:func:`kept_epoch`);
             ``model`` ends with them. Without it the last epoch is kept.
+        time_budget: seconds this call may train for (held-out scoring
+            included, ``finalize`` not): after each epoch, training ends there
+            when another epoch as long as the last one would end past the
+            budget; the first epoch always runs. The checkpoint then records
+            the epochs run as the run's ``epochs``, and a later call with a
+            budget finds it finished (one without continues up to ``epochs``).
+            The epochs that fit depend on the machine's speed.
 
     Returns:
         The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses, and
@@ -282,7 +291,8 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     """
     settings = settings or TrainSettings()
     provenance = dict(provenance or {})
-    _check_fit(model, dataset, settings, precision)
+    _check_fit(model, dataset, settings, precision, time_budget)
+    started = time.monotonic()
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last)
@@ -294,7 +304,9 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         remove_stale_temporaries(checkpoint)
         if resume and os.path.exists(checkpoint):
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
-                                                     validation is not None, computed)
+                                                     validation is not None, computed, time_budget is not None)
+            if finished is not None:
+                settings = replace(settings, epochs=start)  # nothing left to train
 
     distributed = in_process_group()
     rank = process_rank()
@@ -304,6 +316,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     model.train()
     cache = TeacherCache(model.teacher, teacher_cache_mb)
     for epoch in range(start, settings.epochs):
+        epoch_started = time.monotonic()
         if distributed:
             sampler = DistributedSampler(dataset, shuffle=True, seed=settings.seed)
             sampler.set_epoch(epoch)
@@ -335,9 +348,15 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
             if kept_epoch(history) == epoch + 1:
                 kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if time_budget is not None and epoch + 1 < settings.epochs:
+            now = time.monotonic()
+            if _agreed(now + (now - epoch_started) > started + time_budget, device, distributed):
+                settings = replace(settings, epochs=epoch + 1)  # this epoch is the run's last
         _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank, kept, computed)
         if distributed:
             dist.barrier()
+        if epoch + 1 == settings.epochs:
+            break
     if finished is not None and rank == 0 and finalize is not None:
         extras = _finalized(model, finalize)  # a finished run whose final step was cut short
         if any(finished.get(k) != v for k, v in extras.items()):
@@ -346,9 +365,22 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     return history
 
 
-def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str) -> None:
+def _agreed(decision: bool, device: torch.device, distributed: bool) -> bool:
+    """Rank 0's ``decision``, on every rank of a process group."""
+    if not distributed:
+        return decision
+    flag = torch.tensor([decision], dtype=torch.int32, device=device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str,
+               time_budget: float | None) -> None:
     """ValueError, before any work, for settings ``fit`` cannot train with."""
     check_precision(precision)
+    if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
+                                    or not time_budget > 0 or not math.isfinite(time_budget)):
+        raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget!r}")
     if len(dataset) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
     side = model.config.image_size // 32
@@ -358,7 +390,7 @@ def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision
 
 
 def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device,
-            held_out: bool, computed: str) -> tuple[dict | None, int, list[dict], dict | None]:
+            held_out: bool, computed: str, budgeted: bool) -> tuple[dict | None, int, list[dict], dict | None]:
     """Load the checkpoint's weights and optimiser state (ValueError if it
     cannot be continued); returns its payload if it holds a finished run (else
     None), its epoch, its history and the weights kept so far (None before
@@ -366,7 +398,9 @@ def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provena
     the epochs it adds). A finished run's model holds the kept weights, an
     unfinished one's the last epoch's. ``computed``: "fp32" or "bf16", what
     this run computes in; a checkpoint that records another is refused (one
-    written before checkpoints recorded it is not checked)."""
+    written before checkpoints recorded it is not checked). ``budgeted``: this
+    run has a time budget, so a checkpoint that ran all the epochs it recorded
+    (its own budget may have cut them) counts as finished."""
     state = load_checkpoint(checkpoint, map_location=device)
     problems = _resume_problems(state, model, settings, provenance)
     history = list(state["history"])
@@ -376,7 +410,8 @@ def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provena
         problems.append(f"it was trained in {state['precision']} and this run computes in {computed} (precision)")
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
-    finished = state["epoch"] >= settings.epochs
+    ran_all = state["epoch"] >= state.get("settings", {}).get("epochs", math.inf)
+    finished = state["epoch"] >= settings.epochs or (budgeted and ran_all)
     model.load_state_dict(state["state_dict"] if finished else state.get("last_state_dict", state["state_dict"]))
     optimizer.load_state_dict(state["optimizer"])
     kept = state["state_dict"] if kept_epoch(history) is not None else None
