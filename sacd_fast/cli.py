@@ -89,9 +89,10 @@ def _add_train(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=200,
                    help="training epochs (the one with the lowest loss on the held-out images is kept)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="train no longer than this: no epoch starts that would end past it (at most --epochs "
-                        "run; how many fit depends on the machine). A rerun with a budget finds a run that "
-                        "ended on its budget finished; without one it trains on to --epochs")
+                   help="train for about this long: no epoch starts that would, at the last epoch's pace, end "
+                        "past it (at most --epochs run; how many fit depends on the machine). A rerun with a "
+                        "budget finds a run that ended on its budget finished; without one it trains on to "
+                        "--epochs")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
     p.add_argument("--val-fraction", type=float, default=0.1,
