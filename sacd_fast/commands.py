@@ -120,9 +120,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     (:mod:`sacd_fast.evaluation.calibration`). Under torchrun every process trains its
     share; rank 0 writes. ``precision`` "bf16" (the default) trains under bf16
     autocast on CUDA and on CPUs with native bf16, in fp32 elsewhere; "fp32"
-    always in fp32. ``time_budget``: seconds of training after which no new
-    epoch starts that would end past them (``fit``'s ``time_budget``; at most
-    ``epochs`` run). Returns the checkpoint's thresholds and history (None on
+    always in fp32. ``time_budget``: seconds of training; no epoch starts that
+    would, at the last epoch's pace, end past them (``fit``'s ``time_budget``;
+    at most ``epochs`` run). Returns the checkpoint's thresholds and history (None on
     the other ranks).
     """
     check_setting("epochs", epochs, 1, integer=True)
