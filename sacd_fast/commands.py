@@ -165,7 +165,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
            epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-           progress, time_budget=None) -> dict | None:
+           progress, time_budget) -> dict | None:
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
         say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"
