@@ -39,36 +39,35 @@ def _explain(error: OSError, path: Path) -> OutputError:
     return OutputError(error.errno, f"cannot write {path}: {error.strerror or error}")
 
 
-class _WatchedFile:
-    """A binary file whose write errors and interruptions are remembered:
-    torch.save reports a full disk, or a Ctrl-C / SIGTERM that lands in a
-    write, as a position mismatch (RuntimeError), so the original OSError or
-    KeyboardInterrupt is kept here.
+def _original_error(error: BaseException) -> BaseException:
+    """What ``error`` stands for. torch.save reports a full disk, or a Ctrl-C /
+    SIGTERM that lands while it writes, as a RuntimeError about the stream
+    position, raised while the original is handled: a RuntimeError's context
+    is followed to the interrupt or OS error it hides."""
+    cause, seen = error, set()
+    while isinstance(cause, RuntimeError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__context__
+    return cause if isinstance(cause, (KeyboardInterrupt, OSError)) else error
 
-    Once the atomic write has failed (``abandoned``), writes are ignored: an
-    interrupt can leave torch's zip writer unfinished, and when it is freed,
-    possibly only at exit and after this file was closed and deleted, it
-    writes the zip's end. Failing there would abort the interpreter (an
-    exception in a C++ destructor)."""
+
+class _AbandonableFile:
+    """A binary file whose writes are ignored once the atomic write has failed
+    (``abandoned``): an interrupt can leave torch's zip writer unfinished, and
+    when it is freed, possibly only at exit and after this file was closed and
+    deleted, it writes the zip's end. Failing there would abort the
+    interpreter (an exception in a C++ destructor)."""
 
     def __init__(self, file: BinaryIO):
-        self._file, self.error, self.abandoned = file, None, False
+        self._file, self.abandoned = file, False
 
     def write(self, data) -> int:
         if self.abandoned:
             return memoryview(data).nbytes
-        try:
-            return self._file.write(data)
-        except (OSError, KeyboardInterrupt) as e:
-            self.error = e
-            raise
+        return self._file.write(data)
 
     def __getattr__(self, name):
-        try:
-            return getattr(self._file, name)
-        except KeyboardInterrupt as e:
-            self.error = e
-            raise
+        return getattr(self._file, name)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -80,21 +79,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """
     path = Path(path)
     tmp = _temporary_name(path)
-    watched = None
+    file = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            watched = _WatchedFile(f)
-            write(watched)
+            file = _AbandonableFile(f)
+            write(file)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if watched is not None:
-            watched.abandoned = True
+        if file is not None:
+            file.abandoned = True
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        cause = watched.error if watched is not None and watched.error is not None else e
+        cause = _original_error(e)
         if isinstance(cause, KeyboardInterrupt):
             raise cause from None
         if isinstance(cause, OSError) and not isinstance(cause, OutputError):

@@ -10,6 +10,7 @@ uninterrupted run ends; a full disk; two runs on one output folder; the umask.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -715,37 +716,48 @@ def small_filesystem(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, monkeypatch):
-    """SIGTERM's handler (or Ctrl-C) raising inside one of torch.save's writes:
-    torch turns that into a RuntimeError about the stream position; the write
-    must end as the interrupt it was, with no file and no temporary left."""
+class InterruptedFile:
+    """A binary file whose third write raises ``error`` (the interrupt, or a full disk)."""
+
+    def __init__(self, file, error: BaseException):
+        self.file, self.error, self.writes = file, error, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            raise self.error
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+
+@pytest.mark.parametrize("where", ["in-the-file", "between-torch-and-the-file"])
+@pytest.mark.parametrize("error,expected", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                            (OSError(errno.ENOSPC, "No space left on device"), OSError)],
+                         ids=["interrupt", "full-disk"])
+def test_an_error_inside_a_checkpoint_write_stays_what_it_was(where, error, expected, tmp_path, monkeypatch):
+    """SIGTERM's handler (or Ctrl-C) raising, or a full disk, inside one of torch.save's writes: torch
+    turns that into a RuntimeError about the stream position. Wherever it lands, in the file's own
+    write or in the layers above it, the write must end as the interrupt (or the named full disk) it
+    was, with no file and no temporary left."""
     from sacd_fast import files
 
     real_fdopen = os.fdopen
-
-    class InterruptedFile:  # the third write is interrupted
-        def __init__(self, file):
-            self.file, self.writes = file, 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes == 3:
-                raise KeyboardInterrupt
-            return self.file.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: InterruptedFile(real_fdopen(fd, mode)))
+    wrap = (lambda f: InterruptedFile(f, error)) if where == "between-torch-and-the-file" else (lambda f: f)
+    if where == "in-the-file":
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: InterruptedFile(real_fdopen(fd, mode), error))
     path = tmp_path / "model.pt"
-    with pytest.raises(KeyboardInterrupt):
-        files.atomic_write(path, lambda f: torch.save({"a": torch.zeros(1000), "b": torch.ones(1000)}, f))
+    with pytest.raises(expected) as raised:
+        files.atomic_write(path, lambda f: torch.save({"a": torch.zeros(1000), "b": torch.ones(1000)}, wrap(f)))
+    if expected is OSError:
+        assert isinstance(raised.value, files.OutputError) and f"no space left on {tmp_path}" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
 
 
