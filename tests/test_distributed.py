@@ -12,7 +12,9 @@ from sacd_fast.data.synthdata import write_dataset
 
 
 def torchrun(*args, cwd):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    """torchrun with two processes in ``cwd``, its own logs kept there (not left in the system's temporary folder)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--log-dir", str(Path(cwd) / "torchrun-logs"), *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
