@@ -93,6 +93,10 @@ def _add_train(subparsers) -> None:
                         "past it (at most --epochs run; how many fit depends on the machine). A rerun with a "
                         "budget finds a run that ended on its budget finished; without one it trains on to "
                         "--epochs")
+    p.add_argument("--patience", type=int, default=None, metavar="EPOCHS",
+                   help="end training once this many epochs in a row have not lowered the held-out images' loss "
+                        "(at most --epochs run; needs --val-fraction > 0). A rerun with the same patience finds "
+                        "a run that ended this way finished; without one it trains on to --epochs")
     p.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and synthesis")
     p.add_argument("--val-fraction", type=float, default=0.1,
@@ -108,7 +112,8 @@ def _add_train(subparsers) -> None:
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
         workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
-        teacher_input=a.teacher_input, map_mode=a.map_mode, map_border=a.map_border, time_budget=a.time_budget))
+        teacher_input=a.teacher_input, map_mode=a.map_mode, map_border=a.map_border, time_budget=a.time_budget,
+        patience=a.patience))
 
 
 def _add_eval(subparsers) -> None:

@@ -37,7 +37,8 @@ from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profile import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
-from sacd_fast.training.train import TrainSettings, check_precision, computed_precision, fit, kept_epoch, process_rank
+from sacd_fast.training.train import (TrainSettings, check_precision, computed_precision, converged, fit, kept_epoch,
+                                      process_rank)
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)
@@ -111,7 +112,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           image_size: int = 256, batch_size: int = 16, seed: int = 0, val_fraction: float = 0.1, workers: int = 0,
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "bf16",
           progress: bool = True, teacher_input: str = "native", map_mode: str | None = None,
-          map_border: int | None = None, time_budget: float | None = None) -> dict | None:
+          map_border: int | None = None, time_budget: float | None = None,
+          patience: int | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
@@ -122,14 +124,19 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     autocast on CUDA and on CPUs with native bf16, in fp32 elsewhere; "fp32"
     always in fp32. ``time_budget``: seconds of training; no epoch starts that
     would, at the last epoch's pace, end past them (``fit``'s ``time_budget``;
-    at most ``epochs`` run). Returns the checkpoint's thresholds and history (None on
-    the other ranks).
+    at most ``epochs`` run). ``patience``: end training once that many epochs
+    in a row have not lowered the held-out loss (``fit``'s ``patience``).
+    Returns the checkpoint's thresholds and history (None on the other ranks).
     """
     check_setting("epochs", epochs, 1, integer=True)
     if time_budget is not None:
         check_setting("time-budget", time_budget)
         if time_budget <= 0:
             raise ValueError(f"--time-budget must be > 0 seconds, got {time_budget}")
+    if patience is not None:
+        check_setting("patience", patience, 1, integer=True)
+        if val_fraction == 0:
+            raise ValueError("--patience watches the held-out images' loss: it needs --val-fraction > 0")
     check_image_size(image_size)
     check_setting("batch-size", batch_size, 1, integer=True)
     check_setting("seed", seed, 0, integer=True)
@@ -152,12 +159,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         if process_rank() != 0:
             _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
                    image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-                   progress=False, time_budget=time_budget)
+                   progress=False, time_budget=time_budget, patience=patience)
             return None
         with exclusive_folder(out, "sacd-fast train"):
             return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs,
                           image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-                          progress, time_budget)
+                          progress, time_budget, patience)
     finally:
         if launched:
             dist.destroy_process_group()
@@ -165,7 +172,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
            epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-           progress, time_budget) -> dict | None:
+           progress, time_budget, patience) -> dict | None:
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
         say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"
@@ -203,15 +210,19 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
         log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
-        finalize=thresholds, validation=Subset(dataset, val_idx) if val_idx else None, time_budget=time_budget)
+        finalize=thresholds, validation=Subset(dataset, val_idx) if val_idx else None, time_budget=time_budget,
+        patience=patience)
     if process_rank() != 0:
         return None
     payload = load_checkpoint(checkpoint)
-    if time_budget is not None and payload["epoch"] < epochs:
+    kept = kept_epoch(payload["history"])
+    if payload["epoch"] < epochs and converged(payload["history"], patience):
+        say(f"stopped after epoch {payload['epoch']} of {epochs}: the held-out loss has not fallen below "
+            f"epoch {kept}'s for {payload['epoch'] - kept} epochs (patience {patience})")
+    elif time_budget is not None and payload["epoch"] < epochs:
         say(f"stopped after epoch {payload['epoch']} of {epochs}: another would have overrun the "
             f"{time_budget:g} s time budget")
     calibrated = payload["thresholds"]
-    kept = kept_epoch(payload["history"])
     if kept is not None:
         say(f"kept the weights of epoch {kept} of {payload['epoch']}: the lowest loss on the held-out images")
     say(f"wrote {checkpoint}: {describe_threshold(calibrated)}")

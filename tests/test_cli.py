@@ -79,6 +79,8 @@ def test_train_eval_predict(small_data, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--data", "/no/such/root", "--out", "x"], "dataset root not found: /no/such/root"),
     (["train", "--data", ".", "--out", "x", "--time-budget", "0"], "--time-budget must be > 0 seconds, got 0.0"),
+    (["train", "--data", ".", "--out", "x", "--patience", "5", "--val-fraction", "0"],
+     "--patience watches the held-out images' loss: it needs --val-fraction > 0"),
     (["eval", "--checkpoint", "/no/model.pt", "--data", ".", "--out", "x"], "checkpoint not found"),
     (["predict", "--checkpoint", "/no/model.pt", "--out", "x", "a.png"], "checkpoint not found"),
 ])

@@ -227,6 +227,41 @@ def test_a_time_budget_ends_the_run_at_the_last_epoch_that_fits(tmp_path, monkey
         fit(fresh_model(), Images(), SETTINGS, time_budget=0)
 
 
+def test_patience_ends_the_run_once_the_held_out_loss_stops_falling(tmp_path, monkeypatch):
+    """Epoch 2 scores best and epochs 3 and 4 do not beat it: with patience 2
+    and 6 epochs asked for, the run ends after 4, finalised, with epoch 2's
+    weights. A rerun with patience 2 finds it finished; one with patience 3
+    trains on (epochs 5 and 6 score lower) and ends exactly where a straight
+    run with patience 3 does."""
+    totals = [0.5, 0.3, 0.4, 0.35, 0.2, 0.1]
+    settings = TrainSettings(epochs=6, batch_size=3, seed=3)
+    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4),
+                  finalize=lambda model: {"finalized": True})
+    scored = scripted_held_out_losses(monkeypatch, totals)
+    model = fresh_model()
+    history = fit(model, Images(), settings, patience=2, **common)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and kept_epoch(history) == 2
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["epoch"] == 4 and payload["settings"]["epochs"] == 4 and payload["finalized"]
+    assert_same_weights(model.state_dict(), scored[1])
+
+    assert fit(fresh_model(), Images(), settings, patience=2, **common) == history and len(scored) == 4
+
+    extended = fresh_model()
+    scripted_held_out_losses(monkeypatch, totals[4:])
+    extended_history = fit(extended, Images(), settings, patience=3, **common)
+    assert [h["epoch"] for h in extended_history] == [1, 2, 3, 4, 5, 6] and kept_epoch(extended_history) == 6
+    scripted_held_out_losses(monkeypatch, totals)
+    straight = fresh_model()
+    assert fit(straight, Images(), settings, patience=3, progress=False, validation=Images(n=4)) == extended_history
+    assert_same_weights(extended.state_dict(), straight.state_dict())
+
+    with pytest.raises(ValueError, match="patience needs held-out images"):
+        fit(fresh_model(), Images(), SETTINGS, patience=2)
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
+        fit(fresh_model(), Images(), SETTINGS, patience=0, validation=Images(n=4))
+
+
 def test_an_interrupted_run_with_held_out_images_resumes_exactly(tmp_path):
     validation = Images(n=4)
     straight = fresh_model()

@@ -15,7 +15,9 @@ holds out ``--val-fraction`` of them), every epoch ends with the training loss
 on them and their synthetic copies, in eval mode, with the same synthesis
 seeds every epoch; the weights kept are those of the first epoch with the
 lowest held-out loss (:func:`kept_epoch`). Without them the last epoch is
-kept. No checkpoint is ever selected on test data. A checkpoint's
+kept. No checkpoint is ever selected on test data. Training ends after
+``epochs``, or earlier on a time budget or, with held-out images, once the
+held-out loss has stopped falling (``patience``). A checkpoint's
 ``state_dict`` is the model kept so far; when the last epoch's weights differ
 from it they travel as ``last_state_dict``, from which a resumed run goes on.
 
@@ -209,6 +211,14 @@ def kept_epoch(history: list[dict]) -> int | None:
     return min(scored, key=lambda h: h["held_out_total"])["epoch"] if scored else None
 
 
+def converged(history: list[dict], patience: int | None) -> bool:
+    """Whether none of the last ``patience`` epochs of ``history`` lowered the
+    held-out loss (the kept epoch lies ``patience`` or more epochs back); False
+    without ``patience`` or held-out losses."""
+    kept = kept_epoch(history)
+    return patience is not None and kept is not None and history[-1]["epoch"] - kept >= patience
+
+
 def images_of(batch) -> torch.Tensor:
     """The (B, 3, H, W) image tensor of a batch from a sacd_fast dataset (dict) or a plain tensor."""
     return batch["image"] if isinstance(batch, dict) else batch
@@ -247,7 +257,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         resume: bool = True, progress: bool = True, num_workers: int = 0,
         log=None, precision: Precision = "fp32", provenance: dict | None = None, finalize=None,
         teacher_cache_mb: float = 4096, validation: Dataset | None = None,
-        time_budget: float | None = None) -> list[dict[str, float]]:
+        time_budget: float | None = None, patience: int | None = None) -> list[dict[str, float]]:
     """Train ``model`` on the normal images of ``dataset``.
 
     Args:
@@ -284,6 +294,14 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             the epochs run as the run's ``epochs``, and a later call with a
             budget finds it finished (one without continues up to ``epochs``).
             The epochs that fit depend on the machine's speed.
+        patience: with ``validation``, training ends after the first epoch
+            that leaves ``patience`` epochs without a lower held-out loss
+            (:func:`converged`); the checkpoint then records the epochs run, as
+            with ``time_budget``. A later call with ``patience`` finds such a
+            run finished when its history is converged for that patience; one
+            without continues up to ``epochs``. The decision depends only on
+            the held-out losses, so an interrupted run ends where an
+            uninterrupted one does.
 
     Returns:
         The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses, and
@@ -291,7 +309,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     """
     settings = settings or TrainSettings()
     provenance = dict(provenance or {})
-    _check_fit(model, dataset, settings, precision, time_budget)
+    _check_fit(model, dataset, settings, precision, time_budget, patience, validation is not None)
     started = time.monotonic()
     device = torch.device(device)
     on_cuda = device.type == "cuda"
@@ -304,7 +322,8 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
         remove_stale_temporaries(checkpoint)
         if resume and os.path.exists(checkpoint):
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
-                                                     validation is not None, computed, time_budget is not None)
+                                                     validation is not None, computed, time_budget is not None,
+                                                     patience)
             if finished is not None:
                 settings = replace(settings, epochs=start)  # nothing left to train
 
@@ -348,9 +367,10 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             history[-1].update({f"held_out_{k}": v for k, v in held_out.items()})
             if kept_epoch(history) == epoch + 1:
                 kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time_budget is not None and epoch + 1 < settings.epochs:
+        if (time_budget is not None or patience is not None) and epoch + 1 < settings.epochs:
             now = time.monotonic()
-            if _agreed(now + (now - epoch_started) > started + time_budget, device, distributed):
+            over_budget = time_budget is not None and now + (now - epoch_started) > started + time_budget
+            if _agreed(over_budget or converged(history, patience), device, distributed):  # rank 0's history
                 settings = replace(settings, epochs=epoch + 1)  # this epoch is the run's last
         _end_epoch(model, optimizer, settings, history, provenance, checkpoint, log, finalize, rank, kept, computed)
         if distributed:
@@ -375,12 +395,17 @@ def _agreed(decision: bool, device: torch.device, distributed: bool) -> bool:
 
 
 def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str,
-               time_budget: float | None) -> None:
+               time_budget: float | None, patience: int | None, held_out: bool) -> None:
     """ValueError, before any work, for settings ``fit`` cannot train with."""
     check_precision(precision)
     if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
                                     or not time_budget > 0 or not math.isfinite(time_budget)):
         raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget!r}")
+    if patience is not None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if not held_out:
+            raise ValueError("patience needs held-out images (validation): it watches their loss")
     if len(dataset) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
     side = model.config.image_size // 32
@@ -390,7 +415,8 @@ def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision
 
 
 def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device,
-            held_out: bool, computed: str, budgeted: bool) -> tuple[dict | None, int, list[dict], dict | None]:
+            held_out: bool, computed: str, budgeted: bool,
+            patience: int | None) -> tuple[dict | None, int, list[dict], dict | None]:
     """Load the checkpoint's weights and optimiser state (ValueError if it
     cannot be continued); returns its payload if it holds a finished run (else
     None), its epoch, its history and the weights kept so far (None before
@@ -400,7 +426,9 @@ def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provena
     this run computes in; a checkpoint that records another is refused (one
     written before checkpoints recorded it is not checked). ``budgeted``: this
     run has a time budget, so a checkpoint that ran all the epochs it recorded
-    (its own budget may have cut them) counts as finished."""
+    (its own budget or patience may have cut them) counts as finished; with
+    ``patience``, so does one that ran them all and whose history is
+    :func:`converged` for it."""
     state = load_checkpoint(checkpoint, map_location=device)
     problems = _resume_problems(state, model, settings, provenance)
     history = list(state["history"])
@@ -411,7 +439,7 @@ def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provena
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
     ran_all = state["epoch"] >= state.get("settings", {}).get("epochs", math.inf)
-    finished = state["epoch"] >= settings.epochs or (budgeted and ran_all)
+    finished = state["epoch"] >= settings.epochs or (ran_all and (budgeted or converged(history, patience)))
     model.load_state_dict(state["state_dict"] if finished else state.get("last_state_dict", state["state_dict"]))
     optimizer.load_state_dict(state["optimizer"])
     kept = state["state_dict"] if kept_epoch(history) is not None else None
