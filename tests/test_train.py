@@ -337,7 +337,7 @@ def test_the_teacher_cache_stays_within_its_budget():
 
     model = fresh_model()
     per_image = sum(f[0].numel() * 4 for f in model.teacher(torch.zeros(1, 3, 64, 64)))
-    cache = TeacherCache(model.teacher, 2.5 * per_image / 2**20)
+    cache = TeacherCache(model.teacher_features, 2.5 * per_image / 2**20)
     x = torch.rand(4, 3, 64, 64)
     first = cache(x, [0, 1, 2, 3])
     assert sorted(cache.store) == [0, 1] and cache.used == 2 * per_image
@@ -393,3 +393,26 @@ def test_a_checkpoint_written_by_version_0_1_0_loads(tmp_path):
     assert float(prediction.maps.double().sum()) == pytest.approx(27251.32675933838, rel=1e-5)
     _, thresholds = load_for_inference(path, "cpu")
     assert thresholds["image"] == load_checkpoint(path)["thresholds"]["image"] > 0
+
+
+def test_the_channel_scale_is_measured_on_the_training_images_once_and_resumed_from_the_checkpoint(tmp_path):
+    def model():
+        torch.manual_seed(11)
+        return random_teacher_model("resnet18", 64, teacher_scale="channel")
+
+    images = Images()
+    expected = model()
+    expected.measure_teacher_scale([normalize(images.images)])
+    trained = model()
+    fit(trained, images, TrainSettings(epochs=1, batch_size=3), checkpoint=tmp_path / "m.pt", progress=False)
+    for got, want in zip(trained.teacher_scale.divisors(), expected.teacher_scale.divisors()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=0)  # other batches, channels_last
+    other = Images()
+    other.images = other.images * 0.5  # a resumed run keeps the scale it was trained with
+    resumed = model()
+    fit(resumed, other, TrainSettings(epochs=2, batch_size=3), checkpoint=tmp_path / "m.pt", progress=False)
+    for got, want in zip(resumed.teacher_scale.divisors(), trained.teacher_scale.divisors()):
+        assert torch.equal(got, want)
+    restored = SACD.from_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(resumed.predict(x).maps, restored.predict(x).maps)

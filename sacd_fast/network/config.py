@@ -9,9 +9,11 @@ from typing import Literal, get_args
 Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0", "efficientnet_lite2"]
 TeacherInput = Literal["imagenet", "native"]
 MapMode = Literal["add", "mul"]
+TeacherScale = Literal["none", "channel"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 TEACHER_INPUTS: tuple[str, ...] = get_args(TeacherInput)
 MAP_MODES: tuple[str, ...] = get_args(MapMode)
+TEACHER_SCALES: tuple[str, ...] = get_args(TeacherScale)
 
 
 def is_lite(backbone: str) -> bool:
@@ -51,6 +53,9 @@ class SACDConfig:
         map_border: how many rows and columns at each edge of every scale's distance map
             take the distance of the nearest cell inside them, an integer >= 0;
             None: :func:`default_map_border` of the backbone.
+        teacher_scale: "none" distils the teacher's features as they are (the paper's); "channel"
+            divides each channel by its root mean square over the training images, measured when
+            training starts (docs/method.md, "The teacher's channels").
     """
 
     backbone: Backbone = "wide_resnet50_2"
@@ -62,6 +67,7 @@ class SACDConfig:
     feacali_norm_last: bool = False
     map_mode: MapMode | None = None
     map_border: int | None = None
+    teacher_scale: TeacherScale = "none"
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -74,6 +80,8 @@ class SACDConfig:
             raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}")
         if self.teacher_input not in TEACHER_INPUTS:
             raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {self.teacher_input!r}")
+        if self.teacher_scale not in TEACHER_SCALES:
+            raise ValueError(f"teacher_scale must be one of {TEACHER_SCALES}, got {self.teacher_scale!r}")
         size = self.image_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {size!r}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
@@ -117,15 +118,16 @@ def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
 
 
 class TeacherCache:
-    """The frozen teacher's features of the normal training images, by dataset
-    index: computed in the first epoch, reused after (they never change), kept
+    """The frozen teacher's features (``teacher``: :meth:`SACD.teacher_features`)
+    of the normal training images, by dataset index: computed in the first
+    epoch, reused after (they never change), kept
     while they fit in ``budget_mb``. The teacher's output for an image does not
     depend on the rest of its batch on a CPU (tested bit for bit), so a cached
     run learns exactly what a recomputing one does; beyond the budget, features
     are recomputed. Per image at 256², fp32: 0.64 MiB for efficientnet_lite0,
     1.75 MiB for resnet18, 7.0 MiB for wide_resnet50_2 (a quarter at 128²)."""
 
-    def __init__(self, teacher: torch.nn.Module, budget_mb: float):
+    def __init__(self, teacher: Callable[[torch.Tensor], list[torch.Tensor]], budget_mb: float):
         self.teacher, self.budget, self.used = teacher, int(max(budget_mb, 0) * 2**20), 0
         self.store: dict[int, list[torch.Tensor]] = {}
 
@@ -318,9 +320,10 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     autocast_dtype = torch.bfloat16 if computed == "bf16" else None
     optimizer = build_optimizer(model, settings)
     finished, start, history, kept = None, 0, [], None
+    resuming = checkpoint is not None and resume and os.path.exists(checkpoint)
     if checkpoint is not None:
         remove_stale_temporaries(checkpoint)
-        if resume and os.path.exists(checkpoint):
+        if resuming:
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
                                                      validation is not None, computed, time_budget is not None,
                                                      patience)
@@ -329,11 +332,18 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
 
     distributed = in_process_group()
     rank = process_rank()
+    if model.teacher_scale is not None and not resuming:  # a resumed run's checkpoint holds the scale
+        batches = DataLoader(dataset, batch_size=settings.batch_size, num_workers=num_workers, pin_memory=on_cuda)
+        model.measure_teacher_scale(normalize(images_of(b).to(device)) for b in tqdm(
+            batches, desc="teacher channels", disable=not progress or rank != 0, leave=False))
+        if distributed:
+            for divisor in model.teacher_scale.divisors():  # every replica distils what rank 0 measured
+                dist.broadcast(divisor, 0)
     step_model = model
     if distributed:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
     model.train()
-    cache = TeacherCache(model.teacher, teacher_cache_mb)
+    cache = TeacherCache(model.teacher_features, teacher_cache_mb)
     for epoch in range(start, settings.epochs):
         epoch_started = time.monotonic()
         if distributed:
