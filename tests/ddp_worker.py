@@ -2,7 +2,8 @@
 gloo backend and writes each rank's weights and the images it read. With a
 second argument, "budget", rank 0 trains with a time budget too short for a
 second epoch and the other ranks with one that fits many: rank 0's decision
-must end the run on every rank."""
+must end the run on every rank. The model scales the teacher's channels:
+rank 0 measures them (reading every image once first) for all ranks."""
 
 import json
 import os
@@ -35,7 +36,7 @@ def main(out, mode=None):
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = SACD("resnet18", teacher_weights=None, image_size=64)
+        model = SACD("resnet18", teacher_weights=None, image_size=64, teacher_scale="channel")
     data = Images()
     budget = None if mode != "budget" else 1e-3 if rank == 0 else 1e6
     history = fit(model, data, TrainSettings(epochs=2, batch_size=2), checkpoint=os.path.join(out, "model.pt"),

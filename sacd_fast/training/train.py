@@ -120,11 +120,11 @@ def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
 class TeacherCache:
     """The frozen teacher's features (``teacher``: :meth:`SACD.teacher_features`)
     of the normal training images, by dataset index: computed in the first
-    epoch, reused after (they never change), kept
-    while they fit in ``budget_mb``. The teacher's output for an image does not
-    depend on the rest of its batch on a CPU (tested bit for bit), so a cached
-    run learns exactly what a recomputing one does; beyond the budget, features
-    are recomputed. Per image at 256², fp32: 0.64 MiB for efficientnet_lite0,
+    epoch, reused after (they never change), kept while they fit in
+    ``budget_mb``. The teacher's output for an image does not depend on the
+    rest of its batch on a CPU (tested bit for bit), so a cached run learns
+    exactly what a recomputing one does; beyond the budget, features are
+    recomputed. Per image at 256², fp32: 0.64 MiB for efficientnet_lite0,
     1.75 MiB for resnet18, 7.0 MiB for wide_resnet50_2 (a quarter at 128²)."""
 
     def __init__(self, teacher: Callable[[torch.Tensor], list[torch.Tensor]], budget_mb: float):
@@ -332,13 +332,11 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
 
     distributed = in_process_group()
     rank = process_rank()
-    if model.teacher_scale is not None and not resuming:  # a resumed run's checkpoint holds the scale
+    if model.teacher_scale is not None and not resuming and rank == 0:  # a resumed run's checkpoint holds it;
+        # the other ranks receive it with rank 0's weights and buffers when DistributedDataParallel wraps the model
         batches = DataLoader(dataset, batch_size=settings.batch_size, num_workers=num_workers, pin_memory=on_cuda)
         model.measure_teacher_scale(normalize(images_of(b).to(device)) for b in tqdm(
-            batches, desc="teacher channels", disable=not progress or rank != 0, leave=False))
-        if distributed:
-            for divisor in model.teacher_scale.divisors():  # every replica distils what rank 0 measured
-                dist.broadcast(divisor, 0)
+            batches, desc="teacher channels", disable=not progress, leave=False))
     step_model = model
     if distributed:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
