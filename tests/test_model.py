@@ -230,7 +230,7 @@ def test_channel_scale_is_each_channels_root_mean_square_floored_at_a_share_of_i
     for divisor in model.teacher_scale.divisors():
         divisor.fill_(float("nan"))  # poisoned: every value must be measured
     batches = [torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    model.measure_teacher_scale(batches)
+    model.measure_teacher_scale(model.teacher(x) for x in batches)
     model64 = model.double()
     with torch.no_grad():
         raw = [torch.cat(f) for f in zip(*(model64.teacher(x.double()) for x in batches))]
@@ -255,6 +255,6 @@ def test_teacher_scale_is_checked_and_absent_unless_asked_for():
     model = random_teacher_model("resnet18", 64)
     assert model.teacher_scale is None and not any(k.startswith("teacher_scale") for k in model.state_dict())
     with pytest.raises(ValueError, match="teacher_scale is 'none'"):
-        model.measure_teacher_scale([torch.randn(1, 3, 64, 64)])
+        model.measure_teacher_scale([model.teacher(torch.randn(1, 3, 64, 64))])
     with pytest.raises(ValueError, match="no training images"):
         random_teacher_model("resnet18", 64, teacher_scale="channel").measure_teacher_scale([])

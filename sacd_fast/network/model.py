@@ -154,16 +154,18 @@ class SACD(nn.Module):
         return t if self.teacher_scale is None else self.teacher_scale(t)
 
     @torch.no_grad()
-    def measure_teacher_scale(self, batches) -> None:
-        """Set ``teacher_scale`` (config "channel") from ImageNet-normalised training batches: each channel's
-        root mean square over their pixels, floored at ``RMS_FLOOR`` times its stage's mean."""
+    def measure_teacher_scale(self, features) -> None:
+        """Set ``teacher_scale`` (config "channel") from the teacher's stage outputs of the training images
+        (``features``: an iterable of :attr:`teacher`'s outputs, one list per batch of ImageNet-normalised
+        images): each channel's root mean square over their pixels, floored at ``RMS_FLOOR`` times its
+        stage's mean."""
         if self.teacher_scale is None:
             raise ValueError("this model's teacher_scale is 'none': it has no channel scale to measure")
         sums, images = None, 0
-        for x in batches:
-            squares = [(f.double() ** 2).mean(dim=(2, 3)).sum(0) for f in self.teacher(self.check_input(x))]
+        for batch in features:
+            squares = [(f.double() ** 2).mean(dim=(2, 3)).sum(0) for f in batch]
             sums = squares if sums is None else [a + b for a, b in zip(sums, squares)]
-            images += x.shape[0]
+            images += batch[0].shape[0]
         if not images:
             raise ValueError("no training images to measure the teacher's channels on")
         for divisor, total in zip(self.teacher_scale.divisors(), sums):
