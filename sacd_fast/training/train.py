@@ -97,6 +97,11 @@ def computed_precision(precision: str, device: torch.device) -> str:
     return "bf16" if precision == "bf16" and (device.type == "cuda" or native_bf16()) else "fp32"
 
 
+def autocast(device_type: str, autocast_dtype: torch.dtype | None):
+    """Autocast to ``autocast_dtype`` on ``device_type``; None: off (fp32)."""
+    return torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
+
+
 def in_process_group() -> bool:
     """Whether this process trains as one of several in a torch.distributed group
     (torchrun; ``sacd-fast train`` joins the group when torchrun started it)."""
@@ -162,7 +167,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: to
     under autocast (bf16 training); ``teacher``, when given, maps the
     normalised batch to its teacher features (a :class:`TeacherCache`)."""
     x_synth, _ = synthesize(x01, seeds)
-    with torch.autocast(x01.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+    with autocast(x01.device.type, autocast_dtype):
         x = normalize(x01)
         losses = model(x, normalize(x_synth), None if teacher is None else teacher(x))
     if not torch.isfinite(losses["total"]):
@@ -204,8 +209,7 @@ def held_out_losses(model: SACD, dataset: Dataset, settings: TrainSettings, devi
         for batch_indices, batch in zip(batches, loader):
             x01 = images_of(batch).to(device, non_blocking=True)
             x_synth, _ = synthesize(x01, seeds[batch_indices])
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                                enabled=autocast_dtype is not None):
+            with autocast(device.type, autocast_dtype):
                 losses = model.training_losses(normalize(x01), normalize(x_synth))
             sums += loss_sums(losses, x01.shape[0])
     finally:
@@ -407,7 +411,7 @@ def _teacher_outputs(cache: TeacherCache, dataset: Dataset, batch_size: int, dev
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
     for indices, batch in zip(batches, tqdm(loader, desc="teacher channels", disable=not progress, leave=False)):
         x = normalize(images_of(batch).to(device).contiguous(memory_format=torch.channels_last))
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             features = cache.raw(x, indices)
         yield features
 
