@@ -1,7 +1,7 @@
 """Detection quality on your own data: SACD against a patch-kNN baseline.
 
     python bench/quality.py ROOT --categories bottle,screw [--backbone efficientnet_lite0]
-        [--image-size 256] [--epochs N] [--time-budget SECONDS|knn] [--work DIR] [--json quality.json]
+        [--image-size 256] [--epochs N] [--time-budget SECONDS|knn] [--seed 0] [--work DIR] [--json quality.json]
 
 For each category of an MVTec-layout ROOT (train/good, test/<defect>,
 ground_truth/<defect>), this trains SACD with ``sacd-fast train`` (its
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--time-budget", default=None, metavar="SECONDS|knn",
                         help="seconds of SACD training (at most --epochs), or 'knn': the baseline's whole run")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="SACD's seed (see sacd-fast train --help) and the baseline's memory-bank subset's")
     parser.add_argument("--work", default=None, help="folder for the trained models (default: a temporary one)")
     parser.add_argument("--json", default="quality.json", help="where to write the results")
     parser.add_argument("--teacher-input", default="native", choices=TEACHER_INPUTS,
@@ -148,13 +150,13 @@ def main() -> None:
         for category in args.categories.split(","):
             baseline = None if args.skip_baseline else {
                 "category": category, "method": "knn",
-                **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size,
+                **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size, args.seed,
                                teacher_input=args.teacher_input)}
             budget = baseline["seconds"] if args.time_budget == "knn" else \
                 None if args.time_budget is None else float(args.time_budget)
             rows.append({"category": category, "method": "sacd",
                          **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
-                                args.batch_size, teacher_input=args.teacher_input, map_mode=args.map_mode,
+                                args.batch_size, args.seed, teacher_input=args.teacher_input, map_mode=args.map_mode,
                                 map_border=args.map_border, precision=args.precision, time_budget=budget,
                                 teacher_scale=args.teacher_scale)})
             rows += [baseline] if baseline else []
