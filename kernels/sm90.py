@@ -29,7 +29,6 @@ TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", t
          torch.int32: "i32", torch.int64: "i64"}
 SM90 = {"sms": 132, "registers": 65536, "shared": 228 * 1024, "shared_per_block_reserved": 1024,
         "threads": 2048, "blocks": 32}
-SHARED_PER_BLOCK = 227 * 1024  # the most one block may use
 
 
 def check_not_interpreted() -> None:

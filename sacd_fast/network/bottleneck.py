@@ -34,7 +34,6 @@ class OCBE(nn.Module):
         self.down1 = nn.Sequential(conv_bn_relu(c1, c2), conv_bn_relu(c2, c3))
         self.down2 = conv_bn_relu(c2, c3)
         self.embed = make_stage(block, 3 * c3, 2 * c3 // block.expansion, blocks, 2, width_per_group)
-        self.out_channels = 2 * c3
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         f1, f2, f3 = features
