@@ -39,7 +39,7 @@ from sacd_fast.evaluation.metrics import evaluate
 from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
 from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS, TEACHER_SCALES
 from sacd_fast.network.model import SACD, normalize
-from sacd_fast.training.train import PRECISIONS
+from sacd_fast.training.settings import PRECISIONS
 
 BANK_LIMIT = 65536
 

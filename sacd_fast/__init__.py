@@ -1,12 +1,34 @@
-"""sacd_fast: SACD industrial anomaly detection, standard and fast."""
+"""sacd_fast: SACD industrial anomaly detection, standard and fast.
 
-from sacd_fast.data.synthesis import synthesize
-from sacd_fast.deploy.export import Inferencer, export
-from sacd_fast.deploy.fast import FastSACD, fast
-from sacd_fast.network.config import SACDConfig
-from sacd_fast.network.model import SACD, Prediction, normalize
-from sacd_fast.profile import profile
+The names below are imported when first used, so that ``sacd-fast --help``
+and a mistyped option answer without loading torch.
+"""
 
-__all__ = ["SACD", "SACDConfig", "FastSACD", "Inferencer", "Prediction", "export", "fast", "normalize", "profile",
-           "synthesize"]
+import importlib
+
+_EXPORTS = {
+    "SACD": "sacd_fast.network.model",
+    "SACDConfig": "sacd_fast.network.config",
+    "FastSACD": "sacd_fast.deploy.fast",
+    "Inferencer": "sacd_fast.deploy.export",
+    "Prediction": "sacd_fast.network.model",
+    "export": "sacd_fast.deploy.export",
+    "fast": "sacd_fast.deploy.fast",
+    "normalize": "sacd_fast.network.model",
+    "profile": "sacd_fast.profiling",
+    "synthesize": "sacd_fast.data.synthesis",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sacd_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

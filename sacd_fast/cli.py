@@ -19,10 +19,9 @@ import os
 import signal
 import sys
 
-from sacd_fast import __version__, commands
-from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE
+from sacd_fast import __version__
 from sacd_fast.network.config import BACKBONES, MAP_MODES, TEACHER_INPUTS, TEACHER_SCALES
-from sacd_fast.training.train import PRECISIONS
+from sacd_fast.training.settings import DEFAULT_FALSE_ALARM_RATE, PRECISIONS
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -37,6 +36,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _decision(p):
+    p = p.add_mutually_exclusive_group()
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on the raw score (default: the one calibrated at training)")
     p.add_argument("--false-alarm-rate", type=float, default=None,
@@ -111,7 +111,7 @@ def _add_train(subparsers) -> None:
                         "images: a conformal bound, or a fitted tail when they are too few)")
     _precision(p)
     _runtime(p)
-    p.set_defaults(run=lambda a: commands.train(
+    p.set_defaults(run=lambda commands, a: commands.train(
         a.data, a.out, category=a.category, backbone=a.backbone, teacher_weights=a.teacher_weights, epochs=a.epochs,
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
         workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
@@ -129,7 +129,7 @@ def _add_eval(subparsers) -> None:
     _decision(p)
     _runtime(p)
     _fast_flag(p)
-    p.set_defaults(run=lambda a: commands.evaluate(
+    p.set_defaults(run=lambda commands, a: commands.evaluate(
         a.checkpoint, a.data, a.out, category=a.category, batch_size=a.batch_size, device=a.device, fast=a.fast,
         threshold=a.threshold, false_alarm_rate=a.false_alarm_rate, report=a.report))
 
@@ -143,7 +143,7 @@ def _add_predict(subparsers) -> None:
     _decision(p)
     _runtime(p)
     _fast_flag(p)
-    p.set_defaults(run=lambda a: commands.predict(
+    p.set_defaults(run=lambda commands, a: commands.predict(
         a.checkpoint, a.paths, a.out, threshold=a.threshold, false_alarm_rate=a.false_alarm_rate,
         batch_size=a.batch_size, device=a.device, fast=a.fast))
 
@@ -158,7 +158,7 @@ def _add_export(subparsers) -> None:
     size.add_argument("--batch", type=int, default=1, help="the batch size the file takes")
     size.add_argument("--dynamic-batch", action="store_true", help="a file that takes any batch size")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="weights and compute")
-    p.set_defaults(run=lambda a: commands.export_model(a.checkpoint, a.out, format=a.format,
+    p.set_defaults(run=lambda commands, a: commands.export_model(a.checkpoint, a.out, format=a.format,
                                                        batch=None if a.dynamic_batch else a.batch,
                                                        precision=a.precision))
 
@@ -172,7 +172,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the training")
     _runtime(p, batch_size=8)
     _precision(p)
-    p.set_defaults(run=lambda a: commands.demo(a.out, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
+    p.set_defaults(run=lambda commands, a: commands.demo(a.out, epochs=a.epochs, image_size=a.image_size, seed=a.seed,
                                                batch_size=a.batch_size, device=a.device, precision=a.precision))
 
 
@@ -187,7 +187,7 @@ def _add_profile(subparsers) -> None:
                    help="instead, the static report of every Triton kernel (bytes, FLOPs, H200 floor, sm_90 "
                         "registers, spills and occupancy, launches, host time per call); no GPU needed")
     p.add_argument("--no-compile", action="store_true", help="with --kernels: skip the sm_90 compilation")
-    p.set_defaults(run=lambda a: commands.profile_kernels(not a.no_compile) if a.kernels
+    p.set_defaults(run=lambda commands, a: commands.profile_kernels(not a.no_compile) if a.kernels
                    else commands.profile_model(a.backbone, a.image_size, a.bench_json))
 
 
@@ -197,7 +197,9 @@ def _add_synth_data(subparsers) -> None:
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--category", default="disc", help="category folder name")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(run=lambda a: commands.synth_data(a.out, a.category, a.seed))
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a category folder that already holds files, replacing those of the same names")
+    p.set_defaults(run=lambda commands, a: commands.synth_data(a.out, a.category, a.seed, a.overwrite))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        args.run(args)
+        from sacd_fast import commands  # noqa: PLC0415 (torch and the rest load once the options are parsed)
+
+        args.run(commands, args)
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         resume = " (run the same command again to resume the training)" if args.command in ("train", "demo") else ""

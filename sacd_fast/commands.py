@@ -28,14 +28,14 @@ from sacd_fast.deploy.export import Inferencer, export
 from sacd_fast.deploy.fast import CPU_BOUNDS
 from sacd_fast.deploy.inference import (at_threshold, calibrate, evaluate_predictions, load_for_inference,
                                         predict_dataset)
-from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
+from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold, check_false_alarm_rate
 from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inputs, score_rows, write_csv,
                                           write_heatmaps, write_json)
 from sacd_fast.evaluation.report import write_report
-from sacd_fast.files import exclusive_folder, write_text
-from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS, TEACHER_SCALES
+from sacd_fast.files import exclusive_folder, require_file, write_text
+from sacd_fast.network.config import MAP_MODES, MAX_IMAGE_SIZE, TEACHER_INPUTS, TEACHER_SCALES
 from sacd_fast.network.model import SACD
-from sacd_fast.profile import PARTS, anomaly_map_flops, profile
+from sacd_fast.profiling import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import load_checkpoint
 from sacd_fast.training.train import (TrainSettings, check_precision, computed_precision, converged, fit, kept_epoch,
                                       process_rank)
@@ -74,9 +74,41 @@ def check_setting(name: str, value, low=None, high=None, integer: bool = False, 
 
 
 def check_image_size(image_size) -> None:
-    check_setting("image-size", image_size, 32, integer=True)
+    check_setting("image-size", image_size, 32, MAX_IMAGE_SIZE, integer=True)
     if image_size % 32:
         raise ValueError(f"--image-size must be a multiple of 32, got {image_size}")
+
+
+# Bytes a batch needs at the least per input pixel of each image: the image, its normalised copy and the
+# anomaly maps (float32, 3 + 3 + 2 values); the networks' features come on top.
+BYTES_PER_PIXEL = 32
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory ``device`` has: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(option: str, batch: int, image_size: int, device: torch.device) -> None:
+    """ValueError naming ``option`` when a batch of ``batch`` images at ``image_size`` cannot fit ``device``."""
+    needed, has = batch * image_size * image_size * BYTES_PER_PIXEL, device_memory(device)
+    if needed > has:
+        raise ValueError(f"{option}: {batch} images of {image_size}x{image_size} need more than "
+                         f"{needed / 2**30:,.1f} GiB, and {device} has {has / 2**30:,.1f} GiB: use a smaller value")
+
+
+def check_run(epochs, image_size, batch_size, seed, device: str, precision: str) -> torch.device:
+    """The settings every training run has, checked (ValueError naming the option); returns the device."""
+    check_setting("epochs", epochs, 1, integer=True)
+    check_image_size(image_size)
+    check_setting("batch-size", batch_size, 1, integer=True)
+    check_setting("seed", seed, 0, integer=True)
+    check_precision(precision)
+    device = resolve_device(device)
+    check_fits("--batch-size", batch_size, image_size, device)
+    return device
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -129,7 +161,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     ``teacher_scale``: "channel" or "none" (:class:`SACDConfig`).
     Returns the checkpoint's thresholds and history (None on the other ranks).
     """
-    check_setting("epochs", epochs, 1, integer=True)
     if time_budget is not None:
         check_setting("time-budget", time_budget)
         if time_budget <= 0:
@@ -138,9 +169,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         check_setting("patience", patience, 1, integer=True)
         if val_fraction == 0:
             raise ValueError("--patience watches the held-out images' loss: it needs --val-fraction > 0")
-    check_image_size(image_size)
-    check_setting("batch-size", batch_size, 1, integer=True)
-    check_setting("seed", seed, 0, integer=True)
     check_setting("val-fraction", val_fraction, 0.0, 1.0, below_high=True)
     check_setting("workers", workers, 0, integer=True)
     check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
@@ -152,21 +180,22 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         check_setting("map-border", map_border, 0, integer=True)
     if teacher_scale not in TEACHER_SCALES:
         raise ValueError(f"teacher-scale must be one of {', '.join(TEACHER_SCALES)}, got {teacher_scale!r}")
-    device = resolve_device(device)
-    check_precision(precision)  # before the data are read
+    device = check_run(epochs, image_size, batch_size, seed, device, precision)  # before the data are read
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun started several processes
     if launched:
         device = start_distributed(device)
     try:
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
+        train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
+        check_false_alarm_rate(false_alarm_rate, len(val_idx or train_idx))
         if process_rank() != 0:
             _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, teacher_scale,
-                   epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device, precision,
-                   progress=False, time_budget=time_budget, patience=patience)
+                   epochs, image_size, batch_size, seed, (train_idx, val_idx), workers, false_alarm_rate, device,
+                   precision, progress=False, time_budget=time_budget, patience=patience)
             return None
         with exclusive_folder(out, "sacd-fast train"):
             return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border,
-                          teacher_scale, epochs, image_size, batch_size, seed, val_fraction, workers,
+                          teacher_scale, epochs, image_size, batch_size, seed, (train_idx, val_idx), workers,
                           false_alarm_rate, device, precision, progress, time_budget, patience)
     finally:
         if launched:
@@ -174,16 +203,17 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
 
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
-           teacher_scale, epochs, image_size, batch_size, seed, val_fraction, workers, false_alarm_rate, device,
+           teacher_scale, epochs, image_size, batch_size, seed, split, workers, false_alarm_rate, device,
            precision, progress, time_budget, patience) -> dict | None:
+    torch.manual_seed(seed)
+    # the teacher's weights (a download, or a file) are found before the images are checked
+    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,
+                 map_mode=map_mode, map_border=map_border, teacher_scale=teacher_scale)
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
         say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"
             else "training in fp32: this CPU has no native bf16")
-    train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
-    torch.manual_seed(seed)
-    model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,
-                 map_mode=map_mode, map_border=map_border, teacher_scale=teacher_scale)
+    train_idx, val_idx = split
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
     checkpoint, log_path = out / "model.pt", out / "train_log.jsonl"
     normal = Subset(dataset, val_idx or train_idx)
@@ -236,6 +266,8 @@ def decision(checkpoint, device: torch.device, fast: bool, threshold: float | No
              false_alarm_rate: float | None) -> tuple[SACD, dict]:
     """The model and the thresholds to decide with: the calibrated ones, recalibrated
     for another ``false_alarm_rate`` from the stored held-out scores, or ``threshold``."""
+    if threshold is not None and false_alarm_rate is not None:
+        raise ValueError("--threshold and --false-alarm-rate both set the threshold: give one of them")
     if threshold is not None:
         check_setting("threshold", threshold)
     if false_alarm_rate is not None:
@@ -255,8 +287,9 @@ def decision(checkpoint, device: torch.device, fast: bool, threshold: float | No
             raise ValueError(f"{checkpoint} keeps no held-out scores (it predates false-alarm calibration): "
                              "use --threshold, or train again")
         thresholds = {**thresholds, **calibrate_threshold(thresholds["scores"], false_alarm_rate)}
-    if threshold is not None:
-        thresholds = {**thresholds, "image": float(threshold), "method": "given by --threshold"}
+    if threshold is not None:  # an uncalibrated export's heatmaps and normalised scores start at 0
+        thresholds = {"normal_level": 0.0, "score_median": 0.0, **thresholds, "image": float(threshold),
+                      "method": "given by --threshold"}
     return model, thresholds
 
 
@@ -280,6 +313,7 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | 
     device = resolve_device(device)
     out = Path(out)
     model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
+    check_fits("--batch-size", batch_size, model.config.image_size, device)
     dataset = AnomalyDataset(data, category, "test", model.config.image_size)
     with exclusive_folder(out, "sacd-fast eval"):
         dataset.check(progress)
@@ -310,8 +344,12 @@ def summary(metrics: dict) -> str:
     at = metrics["at_threshold"]
     lines = ["  ".join(f"{k} {value(metrics[k])}" for k in ("image_auroc", "pixel_auroc", "pro", "f1_max"))]
     skipped = metrics["pixel_metrics_skipped_for"]
-    if skipped:
+    if "pixel_metrics_missing_because" in metrics:
+        lines[0] += f"  (no pixel metrics: {metrics['pixel_metrics_missing_because']})"
+    elif skipped:
         lines[0] += f"  (pixel metrics skipped for {', '.join(skipped)}: no masks)"
+    if metrics["empty_masks"]:
+        lines.append(f"{len(metrics['empty_masks'])} defect masks mark no pixel, e.g. {metrics['empty_masks'][0]}")
     lines.append(f"at threshold {at['threshold']:.4f}: {at['true_positives']} defects found, "
                  f"{at['false_negatives']} missed, {at['false_positives']} false alarms, {at['true_negatives']} "
                  f"normal passed; precision {value(at['precision'])}, recall {value(at['recall'])}, "
@@ -332,7 +370,8 @@ def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: 
     device = resolve_device(device)
     out = Path(out)
     model, thresholds = decision(checkpoint, device, fast, threshold, false_alarm_rate)
-    images = ImageFiles(paths, model.config.image_size)
+    check_fits("--batch-size", batch_size, model.config.image_size, device)
+    images = ImageFiles(paths, model.config.image_size, exclude=(out,))
     with exclusive_folder(out, "sacd-fast predict"):
         images.check(progress)
         result = predict_dataset(model, images, batch_size, device, progress)
@@ -356,6 +395,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, forma
     if batch is not None:
         check_setting("batch", batch, 1, integer=True)
     model, thresholds = load_for_inference(checkpoint, torch.device("cpu"))
+    check_fits("--batch", batch or 2, model.config.image_size, torch.device("cpu"))
     with exclusive_folder(out, "sacd-fast export"):
         path = export(model, Path(out) / "model", format, batch, precision, thresholds)
     say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, "
@@ -363,10 +403,11 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, forma
     return path
 
 
-def synth_data(out: str | os.PathLike, category: str = "disc", seed: int = 0) -> Path:
-    """Write a generated product with defects and masks in the MVTec AD layout."""
+def synth_data(out: str | os.PathLike, category: str = "disc", seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a generated product with defects and masks in the MVTec AD layout
+    (:func:`sacd_fast.data.synthdata.write_dataset`: locked, whole or not at all)."""
     check_setting("seed", seed, 0, integer=True)
-    folder = write_dataset(out, category, seed)
+    folder = write_dataset(out, category, seed, overwrite=overwrite)
     print(f"wrote {folder}")
     return folder
 
@@ -375,6 +416,7 @@ def demo(out: str | os.PathLike = "sacd-demo", *, epochs: int = 12, image_size: 
          batch_size: int = 8, device: str = "auto", precision: str = "bf16") -> dict:
     """Generate data, train the Lite0 model, evaluate it: metrics.json and heatmaps in ``out``.
     It trains in ``precision`` (bf16: on CUDA and on CPUs with native bf16, else fp32)."""
+    check_run(epochs, image_size, batch_size, seed, device, precision)  # before any data are written
     out = Path(out)
     root = out / "data"
     say(f"sacd-fast demo: a generated product (discs with scratches, cracks, holes, stains and missing pieces) "
@@ -402,11 +444,36 @@ def profile_kernels(compile: bool = True) -> dict:
     return data
 
 
+def read_bench_json(path: str | os.PathLike) -> list[dict]:
+    """The benchmark records of a pytest-benchmark JSON file; ValueError naming the file and what is wrong."""
+    path = require_file(path, "--bench-json file")
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"--bench-json {path} is not JSON ({e})") from None
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
+        raise ValueError(f"--bench-json {path} is not a pytest-benchmark file: it has no list of 'benchmarks' "
+                         "(write one with pytest bench/ --benchmark-json FILE)")
+    for b in benchmarks:
+        params, info = b.get("params") or {}, b.get("extra_info") or {}
+        problem = ("its 'name' is not text" if not isinstance(b.get("name"), str) else
+                   "its 'params' or 'extra_info' is not a record" if not isinstance(params, dict)
+                   or not isinstance(info, dict) else
+                   "its 'items_per_s' is not a number >= 0 with a 'provider'" if "items_per_s" in info and (
+                       not isinstance(info.get("provider"), str) or isinstance(info["items_per_s"], bool)
+                       or not isinstance(info["items_per_s"], (int, float)) or not info["items_per_s"] >= 0) else "")
+        if problem:
+            raise ValueError(f"--bench-json {path}: benchmark {str(b.get('name'))[:60]!r}: {problem}")
+    return benchmarks
+
+
 def profile_model(backbone: str, image_size: int = 256, bench_json: str | os.PathLike | None = None) -> dict:
     """Print parameters and FLOPs per part (fvcore) and, given a pytest-benchmark
     JSON of ``pytest bench/``, the multiply-adds per second its model and part
     cases reached at this backbone and size."""
     check_image_size(image_size)
+    benchmarks = read_bench_json(bench_json) if bench_json else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random teacher counts the same
         model = SACD(backbone, teacher_weights=None, image_size=image_size)
@@ -420,15 +487,14 @@ def profile_model(backbone: str, image_size: int = 256, bench_json: str | os.Pat
     print(f"{'part':<12} {'params (M)':>11} {'GFLOPs':>9}")
     for name, params, part_flops in rows:
         print(f"{name:<12} {params / 1e6:>11.2f} {part_flops / 1e9:>9.3f}")
-    if bench_json:
-        for bench in json.loads(Path(bench_json).read_text()).get("benchmarks", []):
-            params, info = bench.get("params") or {}, bench.get("extra_info") or {}
-            if params.get("backbone") != backbone or params.get("size") != image_size:
-                continue
-            # test_inference times the whole model; test_part one part
-            part = "total" if bench.get("name", "").startswith("test_inference") else params.get("part")
-            if part in flops and "items_per_s" in info:
-                rate = info["items_per_s"]
-                print(f"{bench['name']} {info['provider']}: {rate:,.0f} images/s = "
-                      f"{rate * flops[part] / 1e12:.3f} T multiply-adds/s")
+    for bench in benchmarks:
+        params, info = bench.get("params") or {}, bench.get("extra_info") or {}
+        if params.get("backbone") != backbone or params.get("size") != image_size:
+            continue
+        # test_inference times the whole model; test_part one part
+        part = "total" if bench["name"].startswith("test_inference") else params.get("part")
+        if part in flops and "items_per_s" in info:
+            rate = info["items_per_s"]
+            print(f"{bench['name']} {info['provider']}: {rate:,.0f} images/s = "
+                  f"{rate * flops[part] / 1e12:.3f} T multiply-adds/s")
     return report

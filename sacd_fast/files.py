@@ -15,7 +15,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
+import shutil
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -26,7 +29,9 @@ class OutputError(OSError):
     """An output could not be written (disk full, read-only folder, ...); the message names the folder."""
 
 
-def _temporary_name(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
+    """A new hidden name beside ``path`` for its temporary (a file, or a folder being filled), which
+    :func:`remove_stale_temporaries` removes once its writer process has gone."""
     return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
 
 
@@ -78,7 +83,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     disk is full or the folder is not writable.
     """
     path = Path(path)
-    tmp = _temporary_name(path)
+    tmp = temporary_path(path)
     file = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -116,18 +121,75 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries of ``path`` whose writer process no longer exists
-    (a run killed while it wrote); returns them."""
-    path = Path(path)
+_TEMPORARY = re.compile(rf"^\..+\.(\d+)\.[0-9a-f]{{8}}{re.escape(TEMPORARY_SUFFIX)}$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, of: str | None = None) -> list[Path]:
+    """Delete the temporaries (:func:`temporary_path`'s, files or folders)
+    anywhere under ``folder``, or only those of its entry named ``of``, whose
+    writer process no longer exists (a run killed while it wrote); returns
+    them. Links are neither followed nor removed."""
     stale = []
-    for p in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
-        pid = p.name[len(path.name) + 2:].split(".")[0]
-        if p.is_file() and pid.isdigit() and not _alive(int(pid)):
-            stale.append(p)
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+    walk = os.walk(folder) if of is None else [(folder, os.listdir(folder) if os.path.isdir(folder) else [], [])]
+    for parent, folders, names in walk:
+        for name in folders + names:
+            match = _TEMPORARY.match(name)
+            path = Path(parent) / name
+            if not match or (of is not None and not name.startswith(f".{of}.")) or _alive(int(match.group(1))):
+                continue
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(path, ignore_errors=True)
+                folders.remove(name)
+            elif stat.S_ISREG(mode):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                continue
+            stale.append(path)
     return stale
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a regular file (links followed); FileNotFoundError or
+    ValueError that says what it is otherwise (absent, a folder, a FIFO, ...)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "not a regular file"
+        raise ValueError(f"{what} {path} is {kind}, not a file")
+    return path
+
+
+LOCK_NAME = ".sacd-fast.lock"
+
+
+def _open_lock(folder: Path) -> int:
+    """The lock file's descriptor, opened without following a link: a link
+    there (which could point anywhere) or a file that is not a regular file
+    owned by this user is refused by name, never written through."""
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) or (path.is_symlink()):
+            raise RuntimeError(f"{path} is a symbolic link: sacd-fast does not write through it; remove it "
+                               "(and check who put it there)") from None
+        raise _explain(e, path) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        why = ("not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"owned by user {info.st_uid}, not by you" if info.st_uid != os.geteuid() else "a hard link")
+        raise RuntimeError(f"{path} is {why}: sacd-fast does not use it as its lock; remove it")
+    return fd
 
 
 @contextlib.contextmanager
@@ -135,25 +197,32 @@ def exclusive_folder(folder: str | os.PathLike, what: str = "sacd-fast") -> Iter
     """Create ``folder`` if needed and hold its lock for the block.
 
     A second process asking for the same folder is refused at once
-    (RuntimeError naming the holder's pid). The lock is a ``flock`` on
-    ``folder/.sacd-fast.lock``: the kernel releases it when its holder exits,
-    killed or not, so no stale lock can outlive a run.
+    (RuntimeError naming the holder's command and pid). The lock is a
+    ``flock`` on ``folder/.sacd-fast.lock``: the kernel releases it when its
+    holder exits, killed or not, so no stale lock can outlive a run. Once it is
+    held, the temporaries that killed runs left anywhere in the folder are
+    removed (:func:`remove_stale_temporaries`).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder: choose another --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / ".sacd-fast.lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise _explain(e, folder / ".sacd-fast.lock") from e
+        raise _explain(e, folder / LOCK_NAME) from e
+    fd = _open_lock(folder)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise RuntimeError(f"{folder} is in use by {what} (pid {holder}): wait for it to finish or choose "
-                               "another --out") from None
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            pid, _, command = holder.partition(" ")
+            by = f"{command or 'another sacd-fast command'} (pid {pid})" if pid.isdigit() else "another process"
+            raise RuntimeError(f"{folder} is in use by {by}: wait for it to finish or choose another --out") \
+                from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)
+        remove_stale_temporaries(folder)
         yield folder
     finally:
         os.close(fd)

@@ -423,6 +423,129 @@ def _(w, t):
     return train_args(w.data, t / "out", "--teacher-weights", evil_pickle(t / "evil.pth", t / "pwned")), "evil.pth"
 
 
+@cli_case("false-alarm rate no held-out set can calibrate")
+def _(w, t):
+    return train_args(w.data, t / "out", "--false-alarm-rate", "1e-20"), "below what 2 held-out normal images"
+
+
+@cli_case("threshold and false-alarm rate together", code=2)
+def _(w, t):
+    return (["predict", "--checkpoint", w.checkpoint, "--out", t / "p", "--threshold", "0.5", "--false-alarm-rate",
+             "0.1", w.images], "not allowed with")
+
+
+@cli_case("image size beyond any machine")
+def _(w, t):
+    return train_args(w.data, t / "out", "--image-size", str(2**40)), "--image-size must be in [32, 4096]"
+
+
+@cli_case("batch beyond the machine's memory")
+def _(w, t):
+    return train_args(w.data, t / "out", "--batch-size", str(10**9)), "--batch-size: 1000000000 images"
+
+
+@cli_case("predict batch beyond the machine's memory")
+def _(w, t):
+    return (["predict", "--checkpoint", w.checkpoint, "--out", t / "p", "--batch-size", str(10**12), w.images],
+            "--batch-size: 1000000000000 images")
+
+
+@cli_case("export batch beyond the machine's memory")
+def _(w, t):
+    return ["export", "--checkpoint", w.checkpoint, "--out", t / "x", "--batch", str(10**12)], "--batch: "
+
+
+@cli_case("checkpoint that is a folder")
+def _(w, t):
+    (t / "dir.pt").mkdir()
+    return ["predict", "--checkpoint", t / "dir.pt", "--out", t / "p", w.images], "dir.pt is a folder, not a file"
+
+
+@cli_case("checkpoint that is a FIFO")
+def _(w, t):
+    os.mkfifo(t / "fifo.pt")
+    return ["predict", "--checkpoint", t / "fifo.pt", "--out", t / "p", w.images], "fifo.pt is a FIFO, not a file"
+
+
+@cli_case("exported model that is a folder")
+def _(w, t):
+    (t / "model.onnx").mkdir()
+    return ["predict", "--checkpoint", t / "model.onnx", "--out", t / "p", w.images], "is a folder, not a file"
+
+
+@cli_case("predict input that is a FIFO")
+def _(w, t):
+    os.mkfifo(t / "fifo.png")
+    return ["predict", "--checkpoint", w.checkpoint, "--out", t / "p", t / "fifo.png"], "fifo.png is a FIFO"
+
+
+@cli_case("teacher weights file that is a FIFO")
+def _(w, t):
+    os.mkfifo(t / "fifo.pth")
+    return train_args(w.data, t / "out", "--teacher-weights", t / "fifo.pth"), "fifo.pth is a FIFO, not a file"
+
+
+@cli_case("teacher weights holding NaN")
+def _(w, t):
+    teacher = {k[len("teacher."):]: v.clone() for k, v in load_checkpoint(w.checkpoint)["state_dict"].items()
+               if k.startswith("teacher.")}
+    next(v for v in teacher.values() if v.is_floating_point()).fill_(float("nan"))
+    torch.save(teacher, t / "nan.pth")
+    return train_args(w.data, t / "out", "--teacher-weights", t / "nan.pth"), "nan.pth hold NaN or infinite values"
+
+
+@cli_case("out that is a file, for predict")
+def _(w, t):
+    (t / "p").write_text("I am a file")
+    return ["predict", "--checkpoint", w.checkpoint, "--out", t / "p", w.images], "is a file, not a folder"
+
+
+@cli_case("bench JSON that is not JSON")
+def _(w, t):
+    (t / "b.json").write_text("{not json")
+    return ["profile", "--backbone", "resnet18", "--image-size", "64", "--bench-json", t / "b.json"], "not JSON"
+
+
+@cli_case("bench JSON of another program")
+def _(w, t):
+    (t / "b.json").write_text('{"benchmarks": 3}')
+    return (["profile", "--backbone", "resnet18", "--image-size", "64", "--bench-json", t / "b.json"],
+            "not a pytest-benchmark file")
+
+
+@cli_case("bench JSON with a broken record")
+def _(w, t):
+    (t / "b.json").write_text(json.dumps({"benchmarks": [{"name": "test_inference", "extra_info": [1]}]}))
+    return (["profile", "--backbone", "resnet18", "--image-size", "64", "--bench-json", t / "b.json"],
+            "benchmark 'test_inference'")
+
+
+@cli_case("bench JSON that is missing")
+def _(w, t):
+    return (["profile", "--backbone", "resnet18", "--image-size", "64", "--bench-json", t / "none.json"],
+            "--bench-json file not found")
+
+
+@cli_case("demo with 0 epochs")
+def _(w, t):
+    return ["demo", "--out", t / "out", "--epochs", "0", "--device", "cpu"], "--epochs"
+
+
+@cli_case("demo with an image size of 7")
+def _(w, t):
+    return ["demo", "--out", t / "out", "--image-size", "7", "--device", "cpu"], "--image-size"
+
+
+@cli_case("synth-data category outside --out")
+def _(w, t):
+    return ["synth-data", "--out", t / "out", "--category", "../escaped"], "--category must be a plain folder name"
+
+
+@cli_case("synth-data category that is an absolute path")
+def _(w, t):
+    return ["synth-data", "--out", t / "out", "--category", str(t / "abs")], "--category must be a plain folder name"
+
+
 @pytest.mark.parametrize("build,code", CLI)
 def test_cli_refuses_bad_input_by_name(build, code, world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a careless setting must not open the door
@@ -436,8 +559,10 @@ def test_cli_refuses_bad_input_by_name(build, code, world, tmp_path, capsys, mon
         assert err.strip().splitlines()[-1].startswith(f"sacd-fast {argv[0]}: error: ") and text in err, err
     assert not (tmp_path / "pwned").exists()
     assert snapshot(world.root) == before  # the shared data and model are untouched
-    # refused before any epoch or any output
+    # refused before any epoch or any output (the demo and synth-data: before any data are written)
     assert not (tmp_path / "out" / "model.pt").exists() and not (tmp_path / "p" / "scores.csv").exists()
+    assert not (tmp_path / "out" / "data").exists() and not (tmp_path / "escaped").exists()
+    assert not (tmp_path / "abs").exists() and not (tmp_path / "x" / "model.onnx").exists()
 
 
 # --------------------------------------------------------------------------- #
@@ -839,3 +964,297 @@ def test_outputs_keep_the_users_umask(umask, mode, world, tmp_path):
     assert done.returncode == 0, done.stderr
     for name in ("model.pt", "train_log.jsonl"):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == mode, name
+
+
+# --------------------------------------------------------------------------- #
+# Output folders: the lock, temporaries left by killed runs, synth-data
+# --------------------------------------------------------------------------- #
+
+
+def predict_args(world, out, *paths):
+    return ["predict", "--checkpoint", world.checkpoint, "--out", out, *(paths or [world.images])]
+
+
+LOCKING_COMMANDS = {
+    "train": lambda w, out: train_args(w.data, out),
+    "predict": lambda w, out: predict_args(w, out),
+    "synth-data": lambda w, out: ["synth-data", "--out", out],
+}
+
+
+@pytest.mark.parametrize("command", sorted(LOCKING_COMMANDS))
+@pytest.mark.parametrize("target", ["existing file", "absent file"])
+def test_a_symlinked_lock_is_refused_and_never_written_through(command, target, world, tmp_path, capsys):
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    if target == "existing file":
+        victim.write_text("precious")
+    (out / ".sacd-fast.lock").symlink_to(victim)
+    assert run_main(LOCKING_COMMANDS[command](world, out)) == 1
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and ".sacd-fast.lock" in err, err
+    assert (victim.read_text() == "precious") if target == "existing file" else not victim.exists()
+    assert sorted(p.name for p in out.iterdir()) == [".sacd-fast.lock"]
+
+
+def test_a_lock_file_of_another_user_is_refused(world, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".sacd-fast.lock").write_text("")
+    os.chown(out / ".sacd-fast.lock", 12345, 12345)
+    assert run_main(predict_args(world, out)) == 1
+    assert "owned by user 12345, not by you" in capsys.readouterr().err
+    assert not (out / "scores.csv").exists()
+
+
+def test_a_held_folder_names_the_command_that_holds_it(world, tmp_path, capsys):
+    from sacd_fast.files import exclusive_folder
+
+    with exclusive_folder(tmp_path / "out", "sacd-fast train"):
+        assert run_main(predict_args(world, tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"in use by sacd-fast train (pid {os.getpid()})" in err, err
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def plant_temporaries(folder: Path, names: list[str], pid: int) -> list[Path]:
+    planted = []
+    for name in names:
+        path = folder / name
+        path = path.parent / f".{path.name}.{pid}.0123abcd.tmp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+        planted.append(path)
+    return planted
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "synth-data"])
+def test_every_command_removes_the_temporaries_of_killed_runs(command, world, tmp_path):
+    out = tmp_path / "out"
+    names = {"train": ["model.pt", "train_log.jsonl"], "eval": ["metrics.json", "heatmaps/crack/000.png.png"],
+             "predict": ["scores.csv", "heatmaps/000.png.png"], "export": ["model.onnx", "model.bin"],
+             "synth-data": ["disc"]}[command]
+    if command == "train":
+        shutil.copytree(world.checkpoint.parent, out)  # a finished run: the rerun only calibrates
+    stale = plant_temporaries(out, names, dead_pid())
+    alive = plant_temporaries(out, ["other.txt"], os.getpid())  # a live writer's temporary stays
+    argv = {"train": train_args(world.data, out), "predict": predict_args(world, out),
+            "eval": ["eval", "--checkpoint", world.checkpoint, "--data", world.data, "--category", "disc", "--out",
+                     out, "--device", "cpu"],
+            "export": ["export", "--checkpoint", world.checkpoint, "--out", out],
+            "synth-data": ["synth-data", "--out", out]}[command]
+    assert run_main(argv) == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in alive)
+
+
+def test_synth_data_refuses_a_folder_holding_other_files_unless_told(tmp_path, capsys):
+    mine = tmp_path / "out" / "disc" / "train" / "good" / "000.png"
+    save_image(np.zeros((8, 8, 3), np.uint8), mine)
+    keep = tmp_path / "out" / "disc" / "notes.txt"
+    keep.write_text("mine")
+    before = snapshot(tmp_path / "out" / "disc")
+    assert run_main(["synth-data", "--out", tmp_path / "out"]) == 1
+    assert "already holds files" in capsys.readouterr().err
+    assert snapshot(tmp_path / "out" / "disc") == before
+    assert run_main(["synth-data", "--out", tmp_path / "out", "--overwrite"]) == 0
+    assert Image.open(mine).size == (256, 256) and keep.read_text() == "mine"
+    assert len(list((tmp_path / "out" / "disc").rglob("*.png"))) == 220 + 40
+
+
+def test_synth_data_takes_the_folder_lock(tmp_path, capsys):
+    from sacd_fast.files import exclusive_folder
+
+    with exclusive_folder(tmp_path / "out", "sacd-fast synth-data"):
+        assert run_main(["synth-data", "--out", tmp_path / "out"]) == 1
+    assert "in use by sacd-fast synth-data" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "disc").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_interrupted_synth_data_leaves_no_dataset_and_the_rerun_completes(sig, tmp_path):
+    out = tmp_path / "out"
+    process = cli_process(["synth-data", "--out", out], slow_write=0.2)
+    wait_for(process, "WRITING", 5)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    assert process.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), stderr_of(process)
+    assert not (out / "disc").exists()  # nothing half-written where the data set belongs
+    done = run_cli(["synth-data", "--out", out])
+    assert done.returncode == 0, done.stderr
+    pngs = list((out / "disc").rglob("*.png"))
+    assert len(pngs) == 260 and all(Image.open(p).size == (256, 256) for p in pngs)
+    assert sorted(p.name for p in out.iterdir()) == [".sacd-fast.lock", "disc"]
+
+
+# --------------------------------------------------------------------------- #
+# Outputs a spreadsheet or a parser reads
+# --------------------------------------------------------------------------- #
+
+
+def test_formula_cells_are_escaped_in_every_csv(world, tmp_path, monkeypatch):
+    import csv
+
+    inputs = tmp_path / "=cmd"
+    inputs.mkdir()
+    for i, name in enumerate(["=1+1.png", "+2.png", "-3.png", "@SUM(A1).png"]):
+        shutil.copy(world.images / f"00{i % 3}.png", inputs / name)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["predict", "--checkpoint", world.checkpoint, "--out", "p", "=cmd/=1+1.png", "=cmd/+2.png",
+                     "=cmd/-3.png", "=cmd/@SUM(A1).png"]) == 0
+    data = copy_data(world, tmp_path / "src")
+    (data / "disc" / "test" / "crack").rename(data / "disc" / "test" / "=HYPERLINK(x)")
+    (data / "disc" / "ground_truth" / "crack").rename(data / "disc" / "ground_truth" / "=HYPERLINK(x)")
+    assert run_main(["eval", "--checkpoint", world.checkpoint, "--data", data, "--category", "disc", "--out", "e",
+                     "--device", "cpu"]) == 0
+    for table in (tmp_path / "p" / "scores.csv", tmp_path / "e" / "scores.csv"):
+        rows = list(csv.DictReader(table.open()))
+        cells = [c for row in rows for c in row.values()]
+        assert not [c for c in cells if c and (c[0] in "=+@" or (c[0] == "-" and not c[1:2].isdigit()))], table
+    assert {r["path"] for r in csv.DictReader((tmp_path / "p" / "scores.csv").open())} == {
+        "'=cmd/=1+1.png", "'=cmd/+2.png", "'=cmd/-3.png", "'=cmd/@SUM(A1).png"}
+    assert "'=HYPERLINK(x)" in {r["defect"] for r in csv.DictReader((tmp_path / "e" / "scores.csv").open())}
+
+
+def test_non_finite_values_never_reach_json(tmp_path):
+    from sacd_fast.evaluation.outputs import write_json
+
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            write_json({"score": value}, tmp_path / "x.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_gives_nan_maps_is_named_before_anything_is_written(world, tmp_path, monkeypatch, capsys):
+    from sacd_fast.network.model import SACD as Model
+
+    real = Model.anomaly_maps
+    monkeypatch.setattr(Model, "anomaly_maps", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    assert run_main(predict_args(world, tmp_path / "p")) == 1
+    assert "NaN or infinite anomaly maps for 3 of 3 images" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "scores.json").exists() and not (tmp_path / "p" / "heatmaps").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Masks, images and folders as users bring them
+# --------------------------------------------------------------------------- #
+
+
+def mask_dataset(tmp_path: Path, name: str, mask: Image.Image) -> Path:
+    folder = tmp_path / name / "p"
+    for split in ("train/good", "test/good", "test/crack"):
+        save_image(np.zeros((40, 40, 3), np.uint8), folder / split / "0.png")
+    (folder / "ground_truth" / "crack").mkdir(parents=True)
+    mask.save(folder / "ground_truth" / "crack" / "0_mask.png")
+    return tmp_path / name
+
+
+def test_colour_and_palette_masks_mark_their_defects(tmp_path):
+    marked = np.zeros((40, 40), bool)
+    marked[10:20, 5:30] = True
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[marked] = (255, 0, 0)
+    palette = Image.new("P", (40, 40))
+    palette.putdata(marked.astype(np.uint8).ravel().tolist())
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # index 1, the defect, is dark red
+    grey = Image.fromarray(marked.astype(np.uint8) * 100)  # a grey that is below 127
+    expected = AnomalyDataset(mask_dataset(tmp_path, "white", Image.fromarray(marked.astype(np.uint8) * 255)), "p",
+                              "test", 32)[0]["mask"]
+    assert expected.sum() > 0
+    for name, mask in (("red", Image.fromarray(red)), ("palette", palette), ("grey", grey)):
+        assert torch.equal(AnomalyDataset(mask_dataset(tmp_path, name, mask), "p", "test", 32)[0]["mask"],
+                           expected), name
+
+
+def test_empty_masks_are_reported_and_null_pixel_metrics_say_why(world, tmp_path, capsys):
+    data = copy_data(world, tmp_path)
+    for mask in (data / "disc" / "ground_truth").rglob("*.png"):
+        save_image(np.zeros((256, 256), np.uint8), mask)
+    assert run_main(["eval", "--checkpoint", world.checkpoint, "--data", data, "--category", "disc", "--out",
+                     tmp_path / "e", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["pixel_auroc"] is None and len(metrics["empty_masks"]) == 5
+    assert metrics["pixel_metrics_missing_because"] == "the masks of all 5 defect images mark no pixel"
+    assert "no pixel metrics: the masks of all 5 defect images mark no pixel" in out
+
+
+def test_images_between_pillows_limit_and_twice_it_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    save_image(np.zeros((30, 50, 3), np.uint8), tmp_path / "big.png")  # 1,500 pixels: Pillow only warns
+    with pytest.raises(ValueError, match="big.png.*safety limit"):
+        ImageFiles([tmp_path / "big.png"], 32).check(progress=False)
+
+
+def test_predict_scores_the_images_of_subfolders_and_mirrors_them(world, tmp_path):
+    for sub in ("line1", "line2/cam"):
+        shutil.copytree(world.images, tmp_path / "in" / sub)
+    out = tmp_path / "in" / "results"  # an output folder inside the inputs is not scored
+    assert run_main(predict_args(world, out, tmp_path / "in")) == 0
+    assert run_main(predict_args(world, out, tmp_path / "in")) == 0
+    rows = json.loads((out / "scores.json").read_text())["images"]
+    assert len(rows) == 6
+    assert (out / "heatmaps" / "line1" / "000.png.png").is_file()
+    assert (out / "heatmaps" / "line2" / "cam" / "002.png.png").is_file()
+
+
+def test_a_missing_category_names_what_is_there_not_every_known_dataset(world, tmp_path, capsys):
+    assert run_main(["train", "--data", world.data, "--category", "bottle", "--out", tmp_path / "out", *TRAIN]) == 1
+    err = capsys.readouterr().err
+    assert "category 'bottle' not found" in err and "the folders there: disc" in err and "carpet" not in err, err
+
+
+# --------------------------------------------------------------------------- #
+# Settings found wrong before work starts, and a calibration that cannot lose the run
+# --------------------------------------------------------------------------- #
+
+
+def test_an_offline_resnet_teacher_is_refused_before_the_images_are_read(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    checked = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(AnomalyDataset, "check", lambda self, progress=True: checked.append(1))
+    argv = ["train", "--data", world.data, "--category", "disc", "--out", tmp_path / "out", "--image-size", "32",
+            "--device", "cpu"]
+    assert run_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "could not download the wide_resnet50_2 ImageNet weights" in err and "efficientnet_lite0" in err, err
+    assert not checked
+
+
+def test_a_failed_calibration_keeps_the_trained_weights_and_the_rerun_calibrates(world, tmp_path, monkeypatch):
+    from sacd_fast import commands
+
+    real = commands.calibrate
+    monkeypatch.setattr(commands, "calibrate", lambda *a, **k: (_ for _ in ()).throw(ValueError("scores lost")))
+    with pytest.raises(ValueError, match="scores lost"):
+        train_command(world.data, tmp_path / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
+                      image_size=SIZE, batch_size=4, device="cpu", progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert payload["epoch"] == 1 and "thresholds" not in payload
+    monkeypatch.setattr(commands, "calibrate", real)
+    train_command(world.data, tmp_path / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
+                  image_size=SIZE, batch_size=4, device="cpu", progress=False, false_alarm_rate=0.2)
+    resumed = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert resumed["thresholds"]["false_alarm_rate"] == 0.2 and math.isfinite(resumed["thresholds"]["image"])
+    for name, tensor in payload["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+
+
+def test_the_command_line_answers_without_loading_torch():
+    script = ("import sys\nfrom sacd_fast.cli import build_parser\n"
+              "try:\n    build_parser().parse_args(['train', '--bogus'])\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in ('torch', 'numpy', 'scipy', 'PIL') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert "unrecognized arguments: --bogus" in done.stderr or "required" in done.stderr

@@ -18,6 +18,7 @@ mask is binarised at > 127.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from sacd_fast.files import require_file
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                     "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
@@ -62,21 +65,34 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(array * scale, 0, 255).round().astype(np.uint8), "L")
 
 
+def open_image(path: str | os.PathLike, what: str) -> Image.Image:
+    """``Image.open(path)``, decoded; ValueError naming ``what`` if it cannot be
+    read or has more pixels than Pillow's safety limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``; Pillow itself only warns up to twice it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+        return image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read {what}: it has more pixels than Pillow's safety limit of "
+                         f"{Image.MAX_IMAGE_PIXELS:,} ({e}); resize it first") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read {what}: {e}") from e
+
+
 def read_rgb(path: str | os.PathLike) -> Image.Image:
     """Open any image as 8-bit RGB; ValueError naming the file if it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith("I") or image.mode == "F":
+    with open_image(path, f"image {path}") as image:
+        try:
+            if mode_is_numeric(image.mode):
                 image = _to_8bit(image)
             elif image.mode == "P" or image.mode == "LA" or image.mode == "PA":
                 image = image.convert("RGBA")
             return image.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"cannot read image {path}: it has more pixels than Pillow's safety limit of "
-                         f"{Image.MAX_IMAGE_PIXELS:,} ({e}); resize it first") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
 
 
 def resized_pixels(image: Image.Image, size: int) -> torch.Tensor:
@@ -90,22 +106,36 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div_(255.0)
 
 
+def mask_strength(mask: Image.Image) -> np.ndarray:
+    """How strongly each pixel of a mask image is marked, (H, W): its value in a
+    grayscale mask, its brightest channel in a colour one (a palette mask
+    through its palette), so a red-on-black or palette mask marks its pixels as
+    a white-on-black one does."""
+    if mode_is_numeric(mask.mode):
+        return np.asarray(mask).astype(np.float64)
+    if mask.mode in ("1", "L"):
+        return np.asarray(mask.convert("L")).astype(np.float64)
+    return np.asarray(mask.convert("RGB")).max(axis=2).astype(np.float64)
+
+
+def mode_is_numeric(mode: str) -> bool:
+    """Pillow's 16/32-bit integer and float modes."""
+    return mode.startswith("I") or mode == "F"
+
+
 def read_mask(path: Path, image_size: tuple[int, int], size: int, image_path: Path) -> torch.Tensor:
     """A binary float32 (1, size, size) mask; its size must match its image's.
-    A mask of 0s and 1s marks defects with 1; any other is binarised at > 127."""
-    try:
-        with Image.open(path) as mask:
-            mask = mask.convert("L")
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"cannot read mask {path}: too many pixels ({e})") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot read mask {path}: {e}") from e
+    A pixel is a defect where it is marked more than half as strongly as the
+    mask's most strongly marked pixel (:func:`mask_strength`): 1 in a mask of
+    0s and 1s, 255 (or anything above 127) in an 8-bit one, any colour on black."""
+    with open_image(path, f"mask {path}") as mask:
+        strength = mask_strength(mask)
     if mask.size != image_size:
         raise ValueError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} "
                          f"is {image_size[0]}x{image_size[1]}")
-    cut = 0 if mask.getextrema()[1] <= 1 else 127
-    mask = mask.resize((size, size), Image.NEAREST)
-    return torch.from_numpy((np.asarray(mask) > cut).astype(np.float32))[None]
+    marked = Image.fromarray((strength > strength.max() / 2).astype(np.uint8) * 255)
+    marked = marked.resize((size, size), Image.NEAREST)
+    return torch.from_numpy((np.asarray(marked) > 0).astype(np.float32))[None]
 
 
 def dataset_folder(root: str | os.PathLike, category: str | None = None) -> Path:
@@ -117,11 +147,11 @@ def dataset_folder(root: str | os.PathLike, category: str | None = None) -> Path
         return root
     folder = root / category
     if not folder.is_dir():
-        present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        known = [c for c in MVTEC_CATEGORIES + BTAD_CATEGORIES if c not in present]
-        hint = f" (MVTec AD categories not present: {', '.join(known)})" if category in known else ""
-        raise FileNotFoundError(f"category {category!r} not found in {root}; present: "
-                                f"{', '.join(present) or 'nothing'}{hint}")
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = " (is --data the product folder itself? then leave out --category)" \
+            if (root / "train").is_dir() else ""
+        raise FileNotFoundError(f"category {category!r} not found in {root}; the folders there: "
+                                f"{', '.join(present) or 'none'}{hint}")
     return folder
 
 
@@ -256,20 +286,34 @@ class AnomalyDataset(ImageSource):
                 "size": torch.tensor(original), "path": str(sample.path)}
 
 
-class ImageFiles(ImageSource):
-    """Loose image files (for ``sacd-fast predict``): items have ``image``, ``size`` and ``path``."""
+def images_below(folder: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    """Image files in ``folder`` and its subfolders, sorted by path; hidden
+    folders, folders reached through a link and those in ``exclude`` are not entered."""
+    skip = {os.path.realpath(p) for p in exclude}
+    found = []
+    for parent, folders, _ in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith(".")
+                            and os.path.realpath(os.path.join(parent, f)) not in skip)
+        found += list_images(Path(parent))
+    return sorted(found)
 
-    def __init__(self, paths, image_size: int, cache_mb: float = 0.0):
+
+class ImageFiles(ImageSource):
+    """Loose image files (for ``sacd-fast predict``): items have ``image``, ``size`` and ``path``.
+    A folder contributes its images and those of its subfolders (:func:`images_below`, less ``exclude``)."""
+
+    def __init__(self, paths, image_size: int, cache_mb: float = 0.0, exclude: tuple[Path, ...] = ()):
         found = []
         for path in map(Path, paths):
             if path.is_dir():
-                found += list_images(path)
-            elif path.is_file():
-                found.append(path)
+                found += images_below(path, exclude)
+            elif path.exists() or path.is_symlink():
+                found.append(require_file(path, "image"))
             else:
                 raise FileNotFoundError(f"no such file or folder: {path}")
         if not found:
-            raise ValueError(f"no images found in {', '.join(map(str, paths))}")
+            raise ValueError(f"no images found in {', '.join(map(str, paths))} or their subfolders "
+                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         super().__init__(found, image_size, cache_mb)
 
     def __getitem__(self, index: int) -> dict:

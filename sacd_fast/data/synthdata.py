@@ -10,13 +10,18 @@ missing pieces, each with its ground-truth mask.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from sacd_fast.files import atomic_write, exclusive_folder, temporary_path
 
 SIZE = 256
 
@@ -136,14 +141,66 @@ def add_defect(kind: str, image: np.ndarray, g: dict, rng: np.random.Generator) 
     return DEFECTS[kind](image, g, rng)
 
 
-def _save(array: np.ndarray, path: Path) -> None:
-    Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)).save(path)
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def check_category(category: str) -> str:
+    """``category`` if it is one plain folder name (no path, not hidden); ValueError otherwise."""
+    if not isinstance(category, str) or not category or category in (".", "..") or category.startswith(".") \
+            or "/" in category or "\\" in category or "\0" in category or os.path.isabs(category):
+        raise ValueError(f"--category must be a plain folder name (no path, not starting with '.'), "
+                         f"got {category!r}")
+    return category
 
 
 def write_dataset(root: str | os.PathLike, category: str = "disc", seed: int = 0, n_train: int = 160,
-                  n_test_good: int = 20, n_per_defect: int = 8, progress: bool = True) -> Path:
-    """Write ROOT/CATEGORY/{train/good, test/<label>, ground_truth/<defect>} and return that folder."""
-    folder = Path(root) / category
+                  n_test_good: int = 20, n_per_defect: int = 8, progress: bool = True,
+                  overwrite: bool = False) -> Path:
+    """Write ROOT/CATEGORY/{train/good, test/<label>, ground_truth/<defect>} and return that folder.
+
+    It keeps the rules every sacd-fast command keeps: ``root`` is locked for
+    the run (:func:`sacd_fast.files.exclusive_folder`), CATEGORY is one folder
+    name inside it, and the dataset is generated in a hidden folder beside
+    its destination and renamed into place, so an interrupted run leaves no
+    half-written dataset (its leftovers are removed by the next run). A
+    CATEGORY folder that already holds files is refused unless ``overwrite``,
+    which replaces the files of the same names, each whole, and keeps the rest.
+    """
+    check_category(category)
+    for name, value in (("n_train", n_train), ("n_test_good", n_test_good), ("n_per_defect", n_per_defect)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    with exclusive_folder(root, "sacd-fast synth-data"):
+        folder = Path(root) / category
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise ValueError(f"{folder} is not a folder: choose another --out or --category")
+        occupied = folder.is_dir() and any(folder.iterdir())
+        if occupied and not overwrite:
+            raise FileExistsError(f"{folder} already holds files: choose an empty folder, or pass --overwrite to "
+                                  "replace the generated files there (others are kept)")
+        staging = temporary_path(folder)
+        staging.mkdir()
+        try:
+            _generate(staging, category, seed, n_train, n_test_good, n_per_defect, progress)
+            if not occupied:
+                with contextlib.suppress(FileNotFoundError):
+                    folder.rmdir()  # an empty folder
+                os.rename(staging, folder)
+                return folder
+            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+                target = folder / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _generate(folder: Path, category: str, seed: int, n_train: int, n_test_good: int, n_per_defect: int,
+              progress: bool) -> None:
     rng = np.random.default_rng(seed)
     jobs = [("train", "good", i) for i in range(n_train)] + [("test", "good", i) for i in range(n_test_good)]
     jobs += [("test", kind, i) for kind in DEFECTS for i in range(n_per_defect)]
@@ -156,6 +213,7 @@ def write_dataset(root: str | os.PathLike, category: str = "disc", seed: int = 0
             mask = add_defect(label, image, geometry, image_rng)
             masks = folder / "ground_truth" / label
             masks.mkdir(parents=True, exist_ok=True)
-            _save(mask.astype(np.float64), masks / f"{i:03d}_mask.png")
-        _save(image, out / f"{i:03d}.png")
-    return folder
+            data = _png(mask.astype(np.float64))
+            atomic_write(masks / f"{i:03d}_mask.png", lambda f, data=data: f.write(data))
+        data = _png(image)
+        atomic_write(out / f"{i:03d}.png", lambda f, data=data: f.write(data))

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from sacd_fast.deploy.inference import load_for_inference
+from sacd_fast.evaluation.calibration import check_thresholds
+from sacd_fast.files import atomic_write, require_file
 from sacd_fast.kernels.anomaly_map import reference as map_reference
 from sacd_fast.kernels.feacali import reference as feacali_reference
 from sacd_fast.network.config import SACDConfig
@@ -120,8 +122,6 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
         precision: "fp32", or "fp16" (weights and compute; the input and outputs stay float32).
         thresholds: the calibrated thresholds to carry (``sacd-fast export`` passes the checkpoint's).
     """
-    from sacd_fast.files import atomic_write  # noqa: PLC0415
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
@@ -189,15 +189,56 @@ class ExportedInfo:
     thresholds: dict
 
 
-def _info(entries: dict[str, str], path) -> ExportedInfo:
+METADATA_KEYS = ("format", "backbone", "image_size", "batch", "normalization", "config", "thresholds")
+
+
+def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) -> ExportedInfo:
+    """What an exported file's ``sacd_fast.*`` metadata says, every entry checked,
+    and checked against its graph (``image_shape``: the input's dimensions, None
+    where dynamic; ``outputs``: the output names): ValueError naming the file and the entry."""
     if entries.get("sacd_fast.format") != FORMAT:
         raise ValueError(f"{path} was not exported by sacd_fast (its sacd_fast.format metadata is "
                          f"{entries.get('sacd_fast.format')!r}, expected {FORMAT!r})")
-    try:
-        return ExportedInfo(SACDConfig.from_dict(json.loads(entries["sacd_fast.config"]), path),
-                            int(entries["sacd_fast.batch"]), json.loads(entries["sacd_fast.thresholds"]))
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: incomplete sacd_fast metadata ({e})") from e
+    for key in METADATA_KEYS:
+        if f"sacd_fast.{key}" not in entries:
+            raise ValueError(f"{path}: metadata entry 'sacd_fast.{key}' is missing")
+
+    def entry(key: str, read, what: str):
+        try:
+            return read(entries[f"sacd_fast.{key}"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: metadata entry 'sacd_fast.{key}' {what} ({e})") from None
+
+    def whole(text: str) -> int:
+        if not text.isdigit():
+            raise ValueError(f"{text[:40]!r} is not an integer >= 0")
+        return int(text)
+
+    def json_record(text: str) -> dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"it holds {type(value).__name__}")
+        return value
+
+    config = entry("config", lambda t: SACDConfig.from_dict(json_record(t), "config"), "is not a valid config")
+    thresholds = entry("thresholds", lambda t: check_thresholds(json_record(t), "sacd_fast.thresholds"),
+                       "is not a valid threshold record")
+    normalization = entry("normalization", json_record, "is not JSON")
+    if normalization.get("mean") != list(IMAGENET_MEAN) or normalization.get("std") != list(IMAGENET_STD):
+        raise ValueError(f"{path}: metadata entry 'sacd_fast.normalization' is {normalization}, not the ImageNet "
+                         f"mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)} that sacd_fast.normalize applies")
+    batch = entry("batch", whole, "is not a batch size")
+    if entries["sacd_fast.backbone"] != config.backbone or entry("image_size", whole, "is not a size") != \
+            config.image_size:
+        raise ValueError(f"{path}: metadata entries 'sacd_fast.backbone' / 'sacd_fast.image_size' "
+                         f"({entries['sacd_fast.backbone']!r}, {entries['sacd_fast.image_size']!r}) contradict "
+                         f"its config ({config.backbone!r}, {config.image_size})")
+    s = config.image_size
+    expected = [batch or None, 3, s, s]
+    if list(image_shape) != expected or not {"scores", "maps"} <= set(outputs):
+        raise ValueError(f"{path}: its graph takes 'image' {image_shape} and gives {outputs}, but its metadata says "
+                         f"{expected} (batch {batch}, image_size {s}) and ['scores', 'maps']")
+    return ExportedInfo(config, batch, thresholds)
 
 
 class Inferencer:
@@ -218,9 +259,7 @@ class Inferencer:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", precision: str = "f32"):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model not found: {self.path}")
+        self.path = require_file(path, "model")
         suffix = self.path.suffix.lower()
         if suffix == ".pt":
             model, self.thresholds = load_for_inference(self.path, device)
@@ -233,7 +272,10 @@ class Inferencer:
                 proto = onnx.load(str(self.path), load_external_data=False)
             except Exception as e:
                 raise ValueError(f"{self.path} is not an ONNX model ({type(e).__name__}: {e})") from e
-            info = _info({p.key: p.value for p in proto.metadata_props}, self.path)
+            inputs = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in
+                                i.type.tensor_type.shape.dim] for i in proto.graph.input}
+            info = _info({p.key: p.value for p in proto.metadata_props}, self.path, inputs.get("image", []),
+                         [o.name for o in proto.graph.output])
             self._run = onnxruntime_runner(str(self.path))
         elif suffix == ".xml":
             ov = require("openvino")
@@ -242,17 +284,15 @@ class Inferencer:
                 model = core.read_model(str(self.path))
             except Exception as e:
                 raise ValueError(f"{self.path} is not an OpenVINO model ({type(e).__name__}: {e})") from e
-            entries = {}
-            if model.has_rt_info(["sacd_fast", "format"]):
-                entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
-                           for k in ("format", "backbone", "image_size", "batch", "config", "thresholds")
-                           if model.has_rt_info(["sacd_fast", k])}
-            info = _info(entries, self.path)
+            entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
+                       for k in METADATA_KEYS if model.has_rt_info(["sacd_fast", k])}
+            image = [p for p in model.inputs if "image" in p.get_names()]
+            shape = [d.get_length() if d.is_static else None for d in image[0].get_partial_shape()] if image else []
+            info = _info(entries, self.path, shape, [name for o in model.outputs for name in o.get_names()])
             self._run = openvino_runner(model, precision)
         else:
             raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
-        self.config, self.batch = info.config, info.batch
-        self.thresholds = {"score_median": info.thresholds.get("normal_level"), **info.thresholds}
+        self.config, self.batch, self.thresholds = info.config, info.batch, info.thresholds
 
     def predict(self, images) -> Prediction:
         """Scores (B,) and maps (B, S, S), float32 tensors, for normalised images (B, 3, S, S)."""

@@ -23,9 +23,6 @@ def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
         raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`, or its "
                          "training has not finished (run the same train command again to finish it)")
     model = SACD.from_payload(payload, path).to(device)
-    # checkpoints from before false-alarm calibration: the score scale starts at the median map value
-    thresholds = {"score_median": thresholds["normal_level"], "method": "maximum of the held-out scores",
-                  **thresholds}
     return (make_fast(model) if fast else model), thresholds
 
 
@@ -49,6 +46,11 @@ def predict_dataset(model, dataset: Dataset, batch_size: int = 16, device="cpu",
             if key != "image":
                 out.setdefault(key, []).append(value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
     result = {k: np.concatenate(v) for k, v in out.items()}
+    broken = ~np.isfinite(result["scores"]) | ~np.isfinite(result["maps"]).reshape(len(result["maps"]), -1).all(1)
+    if broken.any():
+        names = [str(p) for p in np.asarray(result["path"])[broken][:3]] if "path" in result else []
+        raise ValueError(f"the model gave NaN or infinite anomaly maps for {int(broken.sum())} of {len(broken)} "
+                         f"images ({', '.join(names)}): its weights or the file it was read from are broken")
     if "mask" in result:
         result["mask"] = result["mask"][:, 0]
     return result
@@ -83,12 +85,22 @@ def evaluate_predictions(result: dict) -> dict:
     """metrics.json content for :func:`predict_dataset`'s output on a test split.
 
     Pixel metrics use the images that have a ground truth (normal images and
-    masked defects); defect classes without masks are listed as skipped.
+    masked defects); defect classes without masks are listed as skipped,
+    defect images whose mask marks no pixel as ``empty_masks``, and where the
+    pixel metrics are null, ``pixel_metrics_missing_because`` says why.
     """
     labels, has_mask = result["label"], result["has_mask"].astype(bool)
     report = metrics.evaluate(labels, result["scores"], result["mask"][has_mask], result["maps"][has_mask])
     skipped = sorted({d for d, m, lab in zip(result["defect"], has_mask, labels) if lab and not m})
     report["pixel_metrics_skipped_for"] = skipped
+    masked = (labels == 1) & has_mask
+    empty = masked & ~result["mask"].reshape(len(labels), -1).any(1)
+    report["empty_masks"] = [str(p) for p in np.asarray(result["path"])[empty]]
+    if report["pixel_auroc"] is None:
+        report["pixel_metrics_missing_because"] = (
+            "the test split has no defect images" if not labels.any() else
+            "no defect image has a mask (ground_truth/<defect>/<image>_mask.png)" if not masked.any() else
+            f"the masks of all {int(masked.sum())} defect images mark no pixel")
     report["images"] = int(len(labels))
     report["anomalous_images"] = int(labels.sum())
     defects, normal, scores = np.asarray(result["defect"]), labels == 0, result["scores"]

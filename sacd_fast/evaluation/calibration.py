@@ -27,8 +27,29 @@ import math
 import numpy as np
 from scipy import stats
 
-DEFAULT_FALSE_ALARM_RATE = 0.01
+from sacd_fast.training.settings import DEFAULT_FALSE_ALARM_RATE
+
 BOOTSTRAP = 2000
+# How far below the 1/(n + 1) that n scores resolve the log-normal tail may be extrapolated.
+TAIL_REACH = 100
+
+
+def lowest_false_alarm_rate(n: int) -> float:
+    """The smallest false-alarm rate ``n`` held-out normal scores can calibrate:
+    :data:`TAIL_REACH` times below the 1/(n + 1) that their order statistics resolve."""
+    return 1.0 / (TAIL_REACH * (n + 1))
+
+
+def check_false_alarm_rate(rate, n: int, option: str = "--false-alarm-rate") -> None:
+    """ValueError naming ``option`` unless ``rate`` is a number that ``n`` normal scores can calibrate."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise ValueError(f"{option} must be a number in (0, 1), got {rate!r}")
+    lowest = lowest_false_alarm_rate(n)
+    if rate < lowest:
+        raise ValueError(f"{option} {rate:g} is below what {n} held-out normal images can calibrate: the lowest "
+                         f"is {lowest:.2g} (the tail fit reaches {TAIL_REACH}x below the 1/(n+1) = "
+                         f"{1 / (n + 1):.2g} that {n} scores resolve); raise the rate, or hold out more normal "
+                         "images (--val-fraction)")
 
 
 def conformal_rank(n: int, false_alarm_rate: float) -> int | None:
@@ -50,10 +71,9 @@ def calibrate_threshold(scores, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RA
     """
     scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = len(scores)
-    if not 0 < false_alarm_rate < 1:
-        raise ValueError(f"--false-alarm-rate must be in (0, 1), got {false_alarm_rate}")
     if n < 2 or not np.isfinite(scores).all():
         raise ValueError(f"calibration needs at least 2 finite normal scores, got {n}")
+    check_false_alarm_rate(false_alarm_rate, n)
     k = conformal_rank(n, false_alarm_rate)
     if k is not None:
         threshold = float(scores[k - 1])
@@ -69,6 +89,9 @@ def calibrate_threshold(scores, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RA
         interval = [float(v) for v in np.quantile(np.exp(mean + z * sd), [0.05, 0.95])]
         rates = [float(v) for v in np.quantile(stats.norm.sf((math.log(threshold) - mean) / sd), [0.05, 0.95])]
         method = "log-normal tail"
+    if not np.isfinite([threshold, *interval, *rates]).all():
+        raise ValueError(f"the threshold for a false-alarm rate of {false_alarm_rate:g} from {n} normal scores is "
+                         "not a finite number; raise --false-alarm-rate")
     return {"image": threshold, "false_alarm_rate": false_alarm_rate, "method": method, "interval": interval,
             "false_alarm_interval": rates, "observed_false_alarms": int((scores > threshold).sum()),
             "images": n, "score_median": float(np.median(scores)), "scores": scores.tolist()}
@@ -78,3 +101,65 @@ def normalized(scores, threshold: float, median: float) -> np.ndarray:
     """Scores mapped to [0, 1]: ``median`` -> 0, ``threshold`` -> 0.5, clipped."""
     spread = max(threshold - median, 1e-12)
     return np.clip(0.5 + 0.5 * (np.asarray(scores, dtype=np.float64) - threshold) / spread, 0.0, 1.0)
+
+
+def _number(value, low=-math.inf, high=math.inf, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite number (an int with ``integer``) in [low, high] (an int too large for a
+    float is not)."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:
+        return False
+
+
+def _pair(low: float, high: float):
+    return lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(x, low, high) for x in v)
+
+
+# Each field a calibrated threshold record may hold: its check, and what it must be (for the message).
+THRESHOLD_FIELDS = {
+    "image": (_number, "a finite number"),
+    "normal_level": (_number, "a finite number"),
+    "score_median": (_number, "a finite number"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "false_alarm_rate": (lambda v: _number(v, 0, 1) and 0 < v < 1, "a number in (0, 1)"),
+    "false_alarm_interval": (_pair(0, 1), "two numbers in [0, 1]"),
+    "interval": (_pair(-math.inf, math.inf), "two finite numbers"),
+    "observed_false_alarms": (lambda v: _number(v, 0, integer=True), "an integer >= 0"),
+    "images": (lambda v: _number(v, 2, integer=True), "an integer >= 2"),
+    "scores": (lambda v: isinstance(v, (list, tuple)) and len(v) >= 2 and all(_number(x) for x in v),
+               "a list of at least 2 finite numbers"),
+}
+# Written together by calibrate_threshold: one present, all needed.
+CALIBRATION_FIELDS = ("false_alarm_rate", "method", "false_alarm_interval", "images", "interval",
+                      "observed_false_alarms", "score_median")
+
+
+def check_thresholds(values, source) -> dict:
+    """The calibrated thresholds a checkpoint or exported file carries, checked
+    field by field: ValueError naming ``source`` and the field that is missing,
+    of the wrong type or not finite. Records written before false-alarm
+    calibration get the fields it added (``score_median`` = ``normal_level``,
+    ``method``). An empty record (an uncalibrated export) stays empty."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: 'thresholds' must be a record of fields, got {type(values).__name__}")
+    if not values:
+        return {}
+    unknown = sorted(str(k) for k in values if k not in THRESHOLD_FIELDS)
+    if unknown:
+        raise ValueError(f"{source}: thresholds field {unknown[0]!r} is unknown")
+    needed = ("image", "normal_level") + (CALIBRATION_FIELDS if "false_alarm_rate" in values else ())
+    for name in needed:
+        if name not in values:
+            raise ValueError(f"{source}: thresholds field {name!r} is missing")
+    for name, value in values.items():
+        check, what = THRESHOLD_FIELDS[name]
+        if not check(value):
+            raise ValueError(f"{source}: thresholds field {name!r} must be {what}, got {str(value)[:60]!r}")
+    if "scores" in values and "images" in values and len(values["scores"]) != values["images"]:
+        raise ValueError(f"{source}: thresholds field 'scores' holds {len(values['scores'])} scores but 'images' "
+                         f"says {values['images']}")
+    return {"score_median": values["normal_level"], "method": "maximum of the held-out scores", **values}

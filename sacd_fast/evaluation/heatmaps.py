@@ -62,8 +62,9 @@ def heatmap_panel(image: Image.Image, amap: np.ndarray, threshold: float, normal
     w, h = image.size
     rgb = np.asarray(image.convert("RGB"))
     amap = resize_map(amap, h, w)
-    top = normal_level + 1.5 * max(threshold - normal_level, 1e-6)
-    colours = jet((amap - normal_level) / (top - normal_level))
+    span = 1.5 * max(threshold - normal_level, 1e-6)  # the colour scale's height (never 0, whatever the levels)
+    top = normal_level + span
+    colours = jet((amap - normal_level) / span)
     overlay = (0.5 * rgb + 0.5 * colours).astype(np.uint8)
     line = max(1, round(max(h, w) / 300))
     region = rgb.copy()
@@ -90,8 +91,8 @@ def heatmap_panel(image: Image.Image, amap: np.ndarray, threshold: float, normal
     x0, y0, y1 = 3 * w + 6, caption + text // 2, caption + h - text // 2
     ramp = jet(np.linspace(1, 0, max(y1 - y0, 2))[:, None].repeat(10, 1))
     canvas.paste(Image.fromarray(ramp), (x0, y0))
-    for value, colour in ((top, GREY), (threshold, RED), (normal_level, GREY)):
-        y = y0 + round((1 - (value - normal_level) / (top - normal_level)) * (y1 - y0 - 1))
+    for value, height, colour in ((top, 1.0, GREY), (threshold, 2 / 3, RED), (normal_level, 0.0, GREY)):
+        y = y0 + round((1 - height) * (y1 - y0 - 1))
         draw.line([(x0, y), (x0 + 14, y)], fill=colour, width=max(1, line))
         draw.text((x0 + 16, y - text // 2), f"{value:.3g}", fill=colour, font=_font(max(10, text * 2 // 3)))
     return canvas

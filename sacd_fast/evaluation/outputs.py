@@ -27,15 +27,26 @@ from sacd_fast.files import atomic_write, write_text
 SCORE_COLUMNS = ("path", "defect", "label", "score", "normalized_score", "anomalous", "heatmap")
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def write_json(data, path: Path) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Standard JSON: a NaN or infinity in ``data`` is a ValueError, never a bare ``NaN`` in the file."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def csv_cell(value):
+    """``value`` as a spreadsheet shows it and never runs it: text that starts like a formula gets a leading
+    apostrophe (numbers are written as they are)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def write_csv(rows: list[dict], path: Path, columns=SCORE_COLUMNS) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     write_text(path, buffer.getvalue())
 
 

@@ -16,6 +16,12 @@ MAP_MODES: tuple[str, ...] = get_args(MapMode)
 TEACHER_SCALES: tuple[str, ...] = get_args(TeacherScale)
 
 
+# The largest image side a model may take: a WideResNet-50-2 teacher's stride-4 features alone take 1 GB
+# per image at 4096².
+MAX_IMAGE_SIZE = 4096
+MAX_FEACALI_LAYERS = 8  # more halvings than any teacher stage has channels for (FeaCali refuses those too)
+
+
 def is_lite(backbone: str) -> bool:
     """Whether ``backbone`` is an EfficientNet-Lite (signed, narrow stages, TensorFlow padding)."""
     return backbone.startswith("efficientnet_lite")
@@ -33,6 +39,14 @@ def default_map_border(backbone: str) -> int:
     return 1 if is_lite(backbone) else 0
 
 
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is finite as a float (an int too large for one is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 @dataclass(frozen=True)
 class SACDConfig:
     """What a SACD network is (its weights aside).
@@ -40,10 +54,10 @@ class SACDConfig:
     Attributes:
         backbone: the teacher, "wide_resnet50_2" (the paper's), "resnet18", "efficientnet_lite0" or
             "efficientnet_lite2".
-        image_size: the training and inference side length, a multiple of 32.
-        feacali_layers: how many times FeaCali halves the channels (L).
+        image_size: the training and inference side length, a multiple of 32 up to :data:`MAX_IMAGE_SIZE`.
+        feacali_layers: how many times FeaCali halves the channels (L), 1 to :data:`MAX_FEACALI_LAYERS`.
         lambda_intra: weight of L_intra in the loss, > 0.
-        sigma: Gaussian sigma of the anomaly map, >= 0 (0: no filter).
+        sigma: Gaussian sigma of the anomaly map, in [0, image_size] (0: no filter).
         teacher_input: "native" (the scaling the teacher's weights were trained on) or
             "imagenet" (ImageNet mean/std for every teacher); they differ only for EfficientNet-Lite.
         feacali_norm_last: whether FeaCali's last block has InstanceNorm (False: it
@@ -83,19 +97,23 @@ class SACDConfig:
         if self.teacher_scale not in TEACHER_SCALES:
             raise ValueError(f"teacher_scale must be one of {TEACHER_SCALES}, got {self.teacher_scale!r}")
         size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= MAX_IMAGE_SIZE or size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 in [32, {MAX_IMAGE_SIZE}], got {size!r}")
         if not isinstance(self.feacali_norm_last, bool):
             raise ValueError(f"feacali_norm_last must be True or False, got {self.feacali_norm_last!r}")
-        for name, least in (("feacali_layers", 1), ("map_border", 0)):
+        for name, least, most in (("feacali_layers", 1, MAX_FEACALI_LAYERS), ("map_border", 0, size)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise ValueError(f"{name} must be an integer in [{least}, {most}], got {value!r}")
         for name, positive in (("lambda_intra", True), ("sigma", False)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
                     or value < 0 or (positive and value == 0):
                 raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+        if self.sigma > size:
+            raise ValueError(f"sigma must be at most image_size {size} (a wider Gaussian flattens the map), "
+                             f"got {self.sigma!r}")
+
 
     def to_dict(self) -> dict:
         """Plain values, as checkpoints and exported files store them."""

@@ -31,7 +31,8 @@ from torch import nn
 
 from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
 from sacd_fast.network.config import TEACHER_INPUTS
-from sacd_fast.training.checkpoint import state_mismatch
+from sacd_fast.files import require_file
+from sacd_fast.training.checkpoint import non_finite_tensors, state_mismatch
 
 IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
@@ -43,8 +44,7 @@ def read_state_dict(path: str | os.PathLike, source: str | None = None) -> dict:
     """A state dict from a local file, read with ``weights_only=True`` (a file can
     hold tensors, never code); ValueError naming the file if it is no state dict."""
     source = source or str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher weights file not found: {path}")
+    require_file(path, "teacher weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -81,7 +81,8 @@ def imagenet_state_dict(backbone: str) -> dict:
             raise RuntimeError(
                 f"could not download the {backbone} ImageNet weights ({e}). Download {url} on a "
                 "machine that is online and pass the file: teacher_weights='/path/to/file.pth' "
-                "(CLI: --teacher-weights /path/to/file.pth)"
+                "(CLI: --teacher-weights /path/to/file.pth), or choose a teacher whose weights come "
+                f"installed: {' or '.join(LITE_STAGES)} (CLI: --backbone)"
             ) from e
     elif not sha256_prefix_matches(path, prefix):
         raise ValueError(f"{path} does not match the published SHA-256 of {name} (it should start with {prefix}): "
@@ -115,6 +116,10 @@ class Teacher(nn.Module):
         mismatch = state_mismatch(self.state_dict(), kept)
         if mismatch:
             raise ValueError(f"teacher weights {source} do not fit {type(self).__name__}: {mismatch}")
+        broken = non_finite_tensors(kept)
+        if broken:
+            raise ValueError(f"teacher weights {source} hold NaN or infinite values in {len(broken)} tensors "
+                             f"(e.g. {', '.join(broken[:3])}): the file is damaged")
         self.load_state_dict(kept, strict=True)
 
 

@@ -16,13 +16,14 @@ can at worst hold wrong weights. Non-finite weights or thresholds are refused.
 
 from __future__ import annotations
 
-import math
 import os
-from pathlib import Path
 
 import torch
 
-from sacd_fast.files import atomic_write
+from sacd_fast.evaluation.calibration import check_thresholds
+from sacd_fast.files import atomic_write, require_file
+from sacd_fast.network.config import SACDConfig
+from sacd_fast.training.settings import PRECISIONS
 
 FORMAT = "sacd_fast/1"
 
@@ -39,11 +40,24 @@ def non_finite_tensors(state_dict: dict) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+# The fields a checkpoint may hold beside format, config, state_dict and thresholds, and what each must be.
+TRAINING_FIELDS = {
+    "last_state_dict": (dict, "a state dict"),
+    "optimizer": (dict, "an optimiser state"),
+    "epoch": (int, "an integer >= 0"),
+    "settings": (dict, "a record of settings"),
+    "precision": (str, "'fp32' or 'bf16'"),
+    "history": (list, "a list of epoch records"),
+    "provenance": (dict, "a record"),
+}
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a sacd_fast checkpoint; FileNotFoundError or ValueError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Read a sacd_fast checkpoint, every field checked (its config by
+    :class:`SACDConfig`, its thresholds by :func:`check_thresholds`, which also
+    fills the fields older checkpoints lack); FileNotFoundError or ValueError
+    naming the file and the field."""
+    path = require_file(path, "checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -53,19 +67,28 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise ValueError(f"{path} is not a sacd_fast checkpoint (format {found!r}, expected {FORMAT!r})")
     for key in ("config", "state_dict"):
         if not isinstance(payload.get(key), dict):
-            raise ValueError(f"{path} is missing {key!r}")
-    if "last_state_dict" in payload and not isinstance(payload["last_state_dict"], dict):
-        raise ValueError(f"{path} has an invalid 'last_state_dict'")
-    bad = non_finite_tensors(payload["state_dict"]) + non_finite_tensors(payload.get("last_state_dict", {}))
-    if bad:
-        raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
-                         "the training diverged or the file was altered")
-    thresholds = payload.get("thresholds")
-    if thresholds is not None:
-        if not isinstance(thresholds, dict) or not all(
-                isinstance(thresholds.get(k), (int, float)) and math.isfinite(thresholds[k])
-                for k in ("image", "normal_level")):
-            raise ValueError(f"{path} has an invalid calibrated threshold {thresholds!r}")
+            raise ValueError(f"{path}: field {key!r} is {'missing' if key not in payload else 'not a record'}")
+    try:
+        SACDConfig.from_dict(payload["config"], "config")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e if str(e).startswith('config') else f'config: {e}'}") from None
+    for key, (kind, what) in TRAINING_FIELDS.items():
+        value = payload.get(key)
+        if key in payload and (not isinstance(value, kind) or isinstance(value, bool)
+                               or (key == "epoch" and value < 0) or (key == "precision" and value not in PRECISIONS)
+                               or (key == "history" and not all(isinstance(h, dict) for h in value))):
+            raise ValueError(f"{path}: field {key!r} must be {what}, got {str(value)[:60]!r}")
+    for key in ("state_dict", "last_state_dict"):
+        tensors = payload.get(key, {})
+        odd = [str(k) for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if odd:
+            raise ValueError(f"{path}: field {key!r} holds entries that are not named tensors ({', '.join(odd[:3])})")
+        bad = non_finite_tensors(tensors)
+        if bad:
+            raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
+                             "the training diverged or the file was altered")
+    if "thresholds" in payload:
+        payload["thresholds"] = check_thresholds(payload["thresholds"], path)
     return payload
 
 

@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal, get_args
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,9 +49,7 @@ from sacd_fast.files import remove_stale_temporaries
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import SACD, normalize
 from sacd_fast.training.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+from sacd_fast.training.settings import PRECISIONS, Precision
 
 
 @dataclass
@@ -333,7 +331,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     finished, start, history, kept = None, 0, [], None
     resuming = checkpoint is not None and resume and os.path.exists(checkpoint)
     if checkpoint is not None:
-        remove_stale_temporaries(checkpoint)
+        remove_stale_temporaries(Path(checkpoint).parent, of=Path(checkpoint).name)
         if resuming:
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
                                                      validation is not None, computed, time_budget is not None,
@@ -498,11 +496,16 @@ def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[di
         if epoch == settings.epochs:  # the model ends with the kept weights, the checkpoint keeps the last too
             weights["last_state_dict"] = {k: v.detach().clone() for k, v in state_dict.items()}
             model.load_state_dict(kept)
-    extras = _finalized(model, finalize) if epoch == settings.epochs else {}
+    payload = {"config": model.config.to_dict(), **weights, "optimizer": optimizer.state_dict(), "epoch": epoch,
+               "settings": asdict(settings), "precision": computed, "history": history, "provenance": provenance}
+    try:
+        extras = _finalized(model, finalize) if epoch == settings.epochs else {}
+    except Exception:
+        if checkpoint is not None:  # the trained weights survive; the next call finalises them
+            save_checkpoint(payload, checkpoint)
+        raise
     if checkpoint is not None:
-        save_checkpoint({"config": model.config.to_dict(), **weights,
-                         "optimizer": optimizer.state_dict(), "epoch": epoch, "settings": asdict(settings),
-                         "precision": computed, "history": history, "provenance": provenance, **extras}, checkpoint)
+        save_checkpoint({**payload, **extras}, checkpoint)
     if log is not None:
         log(history)
 
