@@ -46,8 +46,8 @@ try:
 except ImportError:  # Triton is not installed: the references serve
     _anomaly_map = _feacali = _ops = _simplex = None
 
-__all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "simplex_noise3d", "synthesize_patches",
-           "triton_in_compiled_graphs", "use_triton"]
+__all__ = ["conv_in_lrelu", "conv_in_lrelu_stack", "cosine_anomaly_map", "prepare_conv_in_lrelu_stack",
+           "simplex_noise3d", "synthesize_patches", "triton_in_compiled_graphs", "use_triton"]
 
 _triton_in_graphs = False
 
@@ -146,6 +146,15 @@ def conv_in_lrelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """``leaky_relu(instance_norm(conv2d(x, weight, bias, padding=1), eps), negative_slope)``,
     (B, C_out, H, W); differentiable. One block of :func:`conv_in_lrelu_stack`, with its checks."""
     return conv_in_lrelu_stack(x, [weight], [bias], eps, negative_slope)
+
+
+def prepare_conv_in_lrelu_stack(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
+    """Make now what the fused chain keeps between calls for ``weights`` read in
+    ``dtype`` (their packed copies), so that no CUDA-graph capture or
+    torch.compile warm-up allocates it in a graph's memory pool. Does nothing
+    where the fused chain does not run."""
+    if _feacali is not None and all(use_triton(w) for w in weights):
+        _feacali.prepare_stack(weights, dtype)
 
 
 def conv_in_lrelu_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],

@@ -108,16 +108,127 @@ def test_packed_weights_are_reused_and_remade_when_the_weights_change(poison_out
     assert len(feacali._PACKED) == held - 2  # the copies go with their weights
 
 
-def test_arrival_counters_are_zero_after_every_launch(poison_outputs):
+def recorded_counters(monkeypatch) -> list[torch.Tensor]:
+    """Every arrival-counter buffer the convolutions receive, in launch order."""
+    seen, real = [], feacali._conv_stats
+
+    def conv_stats(x, weight, in_stats, partials, arrivals, *args):
+        seen.append(arrivals)
+        return real(x, weight, in_stats, partials, arrivals, *args)
+
+    monkeypatch.setattr(feacali, "_conv_stats", conv_stats)
+    return seen
+
+
+def test_arrival_counters_are_zero_after_every_launch(poison_outputs, monkeypatch):
     """The convolution's last program per (sample, channel block) resets its
-    counter, so the shared counters need no zeroing before a launch."""
+    counter, so one zeroed buffer serves every block of a chain."""
     x, blocks = chain((40, 20, 40), 3, 9, 8)  # 72 pixels: three 32-pixel tiles per (sample, channel block)
     weights = [wt for wt, _ in blocks]
+    seen = recorded_counters(monkeypatch)
     first = feacali.conv_in_lrelu_stack_triton(x, weights)
-    counters = feacali.arrival_counters(x.device, 1)
-    assert not counters.any()
+    assert len(seen) == 2 and seen[0] is seen[1] and not seen[0].any()
     assert torch.equal(feacali.conv_in_lrelu_stack_triton(x, weights), first)
-    assert feacali.arrival_counters(x.device, 1) is counters and not counters.any()
+    assert not seen[2].any()
+
+
+def test_two_chains_on_two_streams_never_share_counters(monkeypatch):
+    """A server scoring two lines at once runs two chains whose launches interleave (two streams or
+    threads): each chain call has counters of its own, so neither can see the other's arrivals. The
+    launches are recorded (not run) from two threads that alternate block by block."""
+    import threading
+
+    from sacd_fast.kernels import recorder
+
+    turns = threading.Barrier(2)
+    real = feacali._conv_stats
+
+    def alternating(*args):
+        turns.wait(timeout=60)  # both chains launch block k before either launches block k + 1
+        return real(*args)
+
+    monkeypatch.setattr(feacali, "_conv_stats", alternating)
+    inputs = [chain((12, 6, 3, 6, 12), 2, 6, 5) for _ in range(2)]
+    with recorder.recording() as launches:
+        threads = [threading.Thread(target=feacali.conv_in_lrelu_stack_triton, args=(x, [w for w, _ in blocks]))
+                   for x, blocks in inputs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    convs = [launch for launch in launches if launch.name == "feacali._conv3x3_stats_kernel"]
+    counters = [launch.args[6] for launch in convs]  # count_ptr
+    inputs_of = [launch.args[0].data_ptr() for launch in convs]
+    assert len(convs) == 8 and len({inputs_of[0], inputs_of[1]}) == 2  # interleaved: A1 B1 A2 B2 ... in some order
+    by_chain = {}
+    for launch, buffer in zip(convs, counters):
+        by_chain.setdefault(id(launch.args[5]), set()).add(buffer.data_ptr())  # chains told apart by their partials
+    assert len(by_chain) == 2 and all(len(ptrs) == 1 for ptrs in by_chain.values())
+    assert set.isdisjoint(*by_chain.values())
+    assert all(not buffer.any() for buffer in counters)  # zeroed for each chain (recorded: nothing ran)
+
+
+def test_a_capture_never_adds_to_the_packed_weights_and_prepared_ones_serve_it(monkeypatch, poison_outputs):
+    """While a CUDA graph is captured (simulated here), memory belongs to the graph's pool: a missing
+    packed copy is made for the call only, never cached. Prepared before, the cached copies serve the
+    capture, so nothing is allocated for them in the pool."""
+    x, blocks = chain((12, 6, 12), 2, 5, 6)
+    weights = [torch.nn.Parameter(wt) for wt, _ in blocks]
+    expected = reference_chain(x, blocks)
+    held = len(feacali._PACKED)
+    monkeypatch.setattr(feacali, "capturing", lambda device: True)
+    assert_close(feacali.conv_in_lrelu_stack_triton(x, weights), expected, "feacali")
+    assert len(feacali._PACKED) == held
+    monkeypatch.setattr(feacali, "capturing", lambda device: False)
+    kernels.prepare_conv_in_lrelu_stack(weights, x.dtype)
+    prepared = [feacali.packed_weight(w, x.dtype) for w in weights]
+    assert len(feacali._PACKED) == held + 2
+    monkeypatch.setattr(feacali, "capturing", lambda device: True)
+    assert [feacali.packed_weight(w, x.dtype) for w in weights] == prepared  # the same tensors: nothing new
+    assert_close(feacali.conv_in_lrelu_stack_triton(x, weights), expected, "feacali")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_the_gpu_dot_path_matches_float64(dtype, monkeypatch, poison_outputs):
+    """The convolution's GPU path (operands in the input's dtype straight into tl.dot) run under the
+    interpreter, where its fp16 and fp32 dots are right (its bf16 one is not: the emulating path,
+    bf16 rounding with exact products, covers bf16)."""
+    monkeypatch.setattr(feacali, "DOT_FP32", False)
+    x, blocks = chain((12, 6, 3, 6, 12), 2, 7, 9)
+    out = feacali.conv_in_lrelu_stack_triton(x.to(dtype), [wt for wt, _ in blocks])
+    assert out.dtype == dtype
+    assert_close(out, reference_chain(x.to(dtype), blocks), "feacali")
+
+
+def test_fp32_products_follow_pytorchs_tf32_setting(monkeypatch):
+    """fp32 operands multiply in TF32 only where PyTorch allows it for convolutions."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert feacali.dot_precision(torch.float32) == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert feacali.dot_precision(torch.float32) == "ieee"
+    assert feacali.dot_precision(torch.bfloat16) == "tf32"  # low-precision operands: the tensor cores' own
+    x, blocks = chain((12, 6, 12), 2, 5, 6)
+    from sacd_fast.kernels import recorder
+
+    with recorder.recording() as launches:
+        feacali.conv_in_lrelu_stack_triton(x, [w for w, _ in blocks])
+    assert {launch.kwargs["DOT_PRECISION"] for launch in launches if "DOT_PRECISION" in launch.kwargs} == {"ieee"}
+
+
+@pytest.mark.parametrize("choice", ["fused", "cudnn"])
+def test_sacd_feacali_fixes_the_chain(choice, monkeypatch):
+    """SACD_FEACALI=fused|cudnn takes the place of the per-shape timing: the same choice in every process."""
+    monkeypatch.setenv("SACD_FEACALI", choice)
+    x, blocks = chain((12, 6, 12), 2, 5, 6)
+    ran, real = [], feacali.conv_in_lrelu_stack_triton
+    monkeypatch.setattr(feacali, "conv_in_lrelu_stack_triton", lambda *a, **k: ran.append("fused") or real(*a, **k))
+    monkeypatch.setattr(feacali, "pick_faster", lambda *a: pytest.fail("timed despite SACD_FEACALI"))
+    out = feacali.fastest_stack(x, [w for w, _ in blocks])
+    assert ran == (["fused"] if choice == "fused" else [])
+    assert_close(out, reference_chain(x, blocks), "feacali")
+    monkeypatch.setenv("SACD_FEACALI", "fastest")
+    with pytest.raises(ValueError, match="SACD_FEACALI"):
+        feacali.fastest_stack(x, [w for w, _ in blocks])
 
 
 def test_one_block_and_the_dispatched_stack():

@@ -8,8 +8,10 @@ Inference, a whole stack of blocks:
   epilogue rounds the output to the stored dtype and takes the InstanceNorm
   statistics of those stored values: each (pixel tile, sample, channel block)
   writes its tile's mean and sum of squared deviations, and the program that
-  finishes a (sample, channel block) last combines every tile's partials in
-  tile order (Chan's formula) into the mean and 1/std. The statistics are
+  finishes a (sample, channel block) last combines every tile's partials, a
+  few tiles per load and in a fixed order, into the mean and 1/std (the mean
+  of the tile means, then the tiles' squared deviations plus each tile's
+  count times its mean's squared distance from that mean). The statistics are
   therefore numerically stable (no E[y^2] - mean^2) and bit-deterministic for
   a given tile configuration, whatever order the programs run in. With
   ``NORM_INPUT`` it applies the previous block's InstanceNorm + LeakyReLU to
@@ -17,14 +19,20 @@ Inference, a whole stack of blocks:
   Without ``NORM_OUTPUT`` (a last block without InstanceNorm) the epilogue
   adds the bias and applies the LeakyReLU instead, and takes no statistics.
   The weights are repacked to (tap, C_in, C_out) once per weight and dtype
-  (``packed_weight``); the arrival counters are one zeroed buffer per device
-  that each launch leaves zero again (``arrival_counters``), so a chain
-  launches nothing but its kernels.
+  (``packed_weight``; :func:`prepare_stack` makes them before any CUDA-graph
+  capture, and a capture never adds to that cache: memory allocated then
+  belongs to the graph's pool). The arrival counters are one zeroed buffer
+  per chain call, which each launch leaves zero again for the next block, so
+  two chains on different streams or threads never share one.
+  fp32 inputs multiply in TF32 when ``torch.backends.cudnn.allow_tf32`` is set
+  (PyTorch's default for convolutions, which cuDNN's chain follows too) and in
+  IEEE fp32 otherwise.
 * ``_in_lrelu_apply_kernel``: the light pass that normalises the last block
   when it has InstanceNorm, on [pixels x channels] tiles.
 
 ``fastest_stack`` times this chain against the cuDNN chain once per shape on
-CUDA and keeps the faster.
+CUDA and keeps the faster; ``SACD_FEACALI=fused`` or ``cudnn`` fixes the
+choice instead (the same in every process).
 
 At inference the bias of a block with InstanceNorm is dropped: InstanceNorm
 subtracts each channel's mean, so a per-channel constant never reaches the
@@ -39,6 +47,7 @@ backward, one program per (sample, channel) row, two passes in fp32.
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Sequence
 
@@ -52,6 +61,11 @@ from ..launch import (INTERPRET, block_size, cdiv, check_grid, empty_like_layout
 from . import reference
 
 MIN_BLOCK_M, MIN_BLOCK_N = 32, 32  # the smallest conv tiles: they size the partial-statistics buffers
+# Tiles whose partial statistics the last program loads at once. A 64x64 map in 64-pixel tiles has 64 of
+# them: the serial combination made 64 dependent L2 round trips (about 0.3 us each on an H100: some 20 us
+# at the end of every normalised convolution); 8 at a time make 16 (8 per pass) for 2 x 8 x BLOCK_N more
+# fp32 values in registers.
+COMBINE_TILES = 8
 
 
 def _conv_configs() -> list[triton.Config]:
@@ -64,10 +78,16 @@ def _conv_configs() -> list[triton.Config]:
 
 def _prune_tiles(configs, named_args, **kwargs):
     """No BLOCK_N wider than the output channels need (FeaCali's narrowest layers
-    have 6), and no 64-deep K steps on fp32 inputs (their register tiles spill)."""
+    have 6), no 64-deep K steps on fp32 inputs (their register tiles spill), and
+    no 4-warp tile beyond 64x64 where C_in is not a multiple of 16 (Lite0's 24,
+    40, 112 and their halves: unaligned channel rows take masked scalar loads,
+    and the 128x64 tile spilled at 255 registers with InstanceNorm on both sides)."""
     widest = max(16, next_power_of_2(named_args["C_out"]))
     deepest = 32 if named_args["x_ptr"].element_size() == 4 else 64
-    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest] or configs[:1]
+    unaligned = named_args["C_in"] % 16 != 0
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest and c.kwargs["BLOCK_K"] <= deepest
+            and not (unaligned and c.num_warps == 4 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64)] \
+        or configs[:1]
 
 
 def batch_bucket(n: int) -> int:
@@ -81,11 +101,12 @@ def batch_bucket(n: int) -> int:
                                                "n_bucket"],
                  prune_configs_by={"early_config_prune": _prune_tiles},
                  do_bench=quick_bench)
-@triton.jit(do_not_specialize=["n_bucket"])
+@triton.jit(do_not_specialize=["N", "n_bucket"])  # one binary for every batch size
 def _conv3x3_stats_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_stats_ptr, part_ptr, count_ptr, out_stats_ptr,
                           N, C_in, C_out, H, W, x_sn, x_sc, x_sh, x_sw, y_sn, y_sc, y_sh, y_sw, eps, slope,
                           n_bucket,  # batch_bucket(N): read by the autotuner only
                           NORM_INPUT: tl.constexpr, NORM_OUTPUT: tl.constexpr, DOT_FP32: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr, COMBINE: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     i_m, i_n, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -116,10 +137,10 @@ def _conv3x3_stats_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_stats_ptr, part_ptr,
             b_a = tl.where(m_a, tl.where(b_a >= 0, b_a, b_a * slope), 0.0)
         p_w = w_ptr + (tap * C_in + o_k[:, None]) * C_out + o_n[None, :]
         b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if DOT_FP32:  # the interpreter's low-precision tl.dot is wrong: products of the rounded values in fp32
-            b_acc += tl.dot(b_a, b_w.to(tl.float32))
-        else:
-            b_acc += tl.dot(b_a.to(b_w.dtype), b_w)
+        if DOT_FP32:  # the interpreter's bf16 tl.dot is wrong: the GPU's rounding of the operands, exact products
+            b_acc += tl.dot(b_a.to(b_w.dtype).to(tl.float32), b_w.to(tl.float32))
+        else:  # fp32 operands: TF32 or IEEE products (DOT_PRECISION); fp16/bf16: the tensor cores' own
+            b_acc += tl.dot(b_a.to(b_w.dtype), b_w, input_precision=DOT_PRECISION)
     m_out = m_m[:, None] & m_n[None, :]
     p_y = y_ptr + i_b * y_sn + o_n[None, :] * y_sc + o_h[:, None] * y_sh + o_w[:, None] * y_sw
     if not NORM_OUTPUT:  # a block without InstanceNorm: bias and LeakyReLU here, no statistics
@@ -137,27 +158,35 @@ def _conv3x3_stats_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_stats_ptr, part_ptr,
     p_part = part_ptr + ((i_m * N + i_b) * C_out + o_n) * 2
     tl.store(p_part, b_rough + b_shift / count, mask=m_n)
     tl.store(p_part + 1, tl.maximum(tl.sum(b_dev * b_dev, axis=0) - b_shift * b_shift / count, 0.0), mask=m_n)
-    # The last program of this (sample, channel block) to finish combines the tiles, in tile order.
+    # The last program of this (sample, channel block) to finish combines the tiles: the mean of their
+    # means, then M2 = sum(M2_t + n_t (mean_t - mean)^2), COMBINE tiles per load (one L2 round trip for
+    # COMBINE tiles, not one per tile), summed in a fixed order.
     tl.debug_barrier()
     tiles = tl.cdiv(H * W, BLOCK_M)
     arrived = tl.atomic_add(count_ptr + i_b * tl.cdiv(C_out, BLOCK_N) + i_n, 1, sem="acq_rel")
     if arrived == tiles - 1:
-        mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+        o_t = tl.arange(0, COMBINE)
+        b_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for t0 in range(0, tiles, COMBINE):
+            m_t = t0 + o_t < tiles
+            n_t = tl.where(m_t, tl.minimum(BLOCK_M, H * W - (t0 + o_t) * BLOCK_M), 0).to(tl.float32)
+            p_t = part_ptr + (((t0 + o_t)[:, None] * N + i_b) * C_out + o_n[None, :]) * 2
+            b_mean = tl.load(p_t, mask=m_t[:, None] & m_n[None, :], other=0.0, cache_modifier=".cg")
+            b_sum += tl.sum(b_mean * n_t[:, None], axis=0)
+        mean = b_sum / (H * W)
         m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        seen = 0.0
-        for t in range(0, tiles):
-            n_t = tl.minimum(BLOCK_M, H * W - t * BLOCK_M).to(tl.float32)
-            p_t = part_ptr + ((t * N + i_b) * C_out + o_n) * 2
-            t_mean = tl.load(p_t, mask=m_n, other=0.0, cache_modifier=".cg")
-            t_m2 = tl.load(p_t + 1, mask=m_n, other=0.0, cache_modifier=".cg")
-            total = seen + n_t
-            delta = t_mean - mean
-            mean += delta * (n_t / total)
-            m2 += t_m2 + delta * delta * (seen * n_t / total)
-            seen = total
+        for t0 in range(0, tiles, COMBINE):
+            m_t = t0 + o_t < tiles
+            n_t = tl.where(m_t, tl.minimum(BLOCK_M, H * W - (t0 + o_t) * BLOCK_M), 0).to(tl.float32)
+            p_t = part_ptr + (((t0 + o_t)[:, None] * N + i_b) * C_out + o_n[None, :]) * 2
+            m_a = m_t[:, None] & m_n[None, :]
+            b_mean = tl.load(p_t, mask=m_a, other=0.0, cache_modifier=".cg")
+            b_m2 = tl.load(p_t + 1, mask=m_a, other=0.0, cache_modifier=".cg")
+            b_d = tl.where(m_a, b_mean - mean[None, :], 0.0)
+            m2 += tl.sum(b_m2 + n_t[:, None] * b_d * b_d, axis=0)
         p_out = out_stats_ptr + (i_b * C_out + o_n) * 2
         tl.store(p_out, mean, mask=m_n)
-        tl.store(p_out + 1, 1.0 / tl.sqrt(m2 / seen + eps), mask=m_n)
+        tl.store(p_out + 1, 1.0 / tl.sqrt(m2 / (H * W) + eps), mask=m_n)
         # Every tile has arrived: the counter goes back to zero for the next launch.
         tl.store(count_ptr + i_b * tl.cdiv(C_out, BLOCK_N) + i_n, 0)
 
@@ -250,14 +279,20 @@ def _in_lrelu_backward_kernel(y_ptr, g_ptr, dy_ptr, stats_ptr, C, HW, y_sn, y_sc
 # id(weight) -> (a weak reference to it, (version, data_ptr, dtype), its (tap, C_in, C_out) copy); an entry
 # goes when its weight does. (torch.utils.weak.WeakIdKeyDictionary does this at about 10x the lookup cost.)
 _PACKED: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: the arrival counters, all zero between launches
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (memory allocated now belongs to the
+    graph's private pool: nothing made now may be kept beyond the call)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``weight`` (C_out, C_in, 3, 3) as (3, 3, C_in, C_out) in ``dtype``, the
     layout the convolution reads. Made once and kept while the weight lives;
     remade when its data change (an in-place update bumps the version counter,
-    ``.data =`` or loading another storage moves the data pointer)."""
+    ``.data =`` or loading another storage moves the data pointer). While a
+    CUDA graph is being captured a missing copy is made for the call only."""
     key = (weight._version, weight.data_ptr(), dtype)
     cached = _PACKED.get(id(weight))
     if cached is not None and cached[0]() is weight and cached[1] == key:
@@ -265,42 +300,54 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     c_out, c_in = weight.shape[:2]
     packed = torch.empty((3, 3, c_in, c_out), dtype=dtype, device=weight.device)
     packed.copy_(weight.detach().permute(2, 3, 1, 0))
+    if capturing(weight.device):
+        return packed
     ident = id(weight)
     _PACKED[ident] = (weakref.ref(weight, lambda _, ident=ident: _PACKED.pop(ident, None)), key, packed)
     return packed
 
 
-def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
-    """At least ``count`` int32 counters on ``device``, zero. Each launch's last
-    program per (sample, channel block) sets its counter back to zero, so the
-    buffer is zeroed once, when it is made or grown, not before every launch
-    (launches on one stream never overlap; CUDA-graph replays find it zero too)."""
-    counters = _ARRIVALS.get(device)
-    if counters is None or counters.numel() < count:
-        counters = _ARRIVALS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-    return counters
+def prepare_stack(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
+    """Make the packed copies a chain of ``weights`` reads in ``dtype`` now,
+    before any CUDA-graph capture or torch.compile warm-up could allocate them
+    in a graph's memory pool (:func:`sacd_fast.fast` calls it)."""
+    for weight in weights:
+        packed_weight(weight, dtype)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for ``dtype`` operands: for fp32, TF32 when PyTorch allows it in
+    convolutions (``torch.backends.cudnn.allow_tf32``), IEEE fp32 otherwise."""
+    return "ieee" if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32 else "tf32"
+
+
+# The convolution's fp32-product path (the GPU's operand rounding, exact products): the interpreter's, whose
+# low-precision tl.dot is wrong; tests set it to False to run the GPU's path where the interpreter is right.
+DOT_FP32 = INTERPRET
 
 
 def _conv_stats(x: torch.Tensor, weight: torch.Tensor, in_stats: torch.Tensor | None, partials: torch.Tensor,
-                eps: float, slope: float, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                arrivals: torch.Tensor, eps: float, slope: float, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One implicit-GEMM conv3x3 (its input normalised on load when ``in_stats``
     is given): its channels_last output and the fp32 (N, C_out, 2) mean and 1/std.
     With a ``bias`` the block has no InstanceNorm: the output is LeakyReLU(conv + bias)
     and the statistics are not taken (the second value returned is ``in_stats``).
-    ``partials``: fp32 scratch of at least (H*W / MIN_BLOCK_M) * N * C_out * 2 values."""
+    ``partials``: fp32 scratch of at least (H*W / MIN_BLOCK_M) * N * C_out * 2 values;
+    ``arrivals``: at least N * C_out / MIN_BLOCK_N int32 zeros, left zero."""
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     packed = packed_weight(weight, x.dtype)
     y = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     stats = torch.empty((n, c_out, 2), dtype=torch.float32, device=x.device) if bias is None else in_stats
-    arrivals = arrival_counters(x.device, n * cdiv(c_out, MIN_BLOCK_N))
     grid = lambda meta: check_grid(  # noqa: E731
         (cdiv(h * w, meta["BLOCK_M"]), cdiv(c_out, meta["BLOCK_N"]), n))
     unused = partials  # stands for a pointer that this variant of the kernel never reads or writes
     _conv3x3_stats_kernel[grid](
         x, packed, unused if bias is None else bias, y, unused if in_stats is None else in_stats, partials,
         arrivals, unused if stats is None else stats, n, c_in, c_out, h, w, *x.stride(), *y.stride(), eps, slope,
-        batch_bucket(n), NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=INTERPRET)
+        batch_bucket(n), NORM_INPUT=in_stats is not None, NORM_OUTPUT=bias is None, DOT_FP32=DOT_FP32,
+        DOT_PRECISION=dot_precision(x.dtype), COMBINE=COMBINE_TILES)
     return y, stats
 
 
@@ -319,15 +366,17 @@ def conv_in_lrelu_stack_triton(x: torch.Tensor, weights: Sequence[torch.Tensor],
     convolution. Returns (N, C_last, H, W), channels_last."""
     x = to_kernel_dtype(x)
     n, _, h, w = x.shape
-    # One scratch for every block's per-tile statistics: the blocks run one after the other.
-    partials = torch.empty(cdiv(h * w, MIN_BLOCK_M) * n * max(wt.shape[0] for wt in weights) * 2,
-                           dtype=torch.float32, device=x.device)
+    # One scratch for every block's per-tile statistics and one set of arrival counters, each block
+    # leaving them zero for the next: the blocks run one after the other.
+    widest = max(wt.shape[0] for wt in weights)
+    partials = torch.empty(cdiv(h * w, MIN_BLOCK_M) * n * widest * 2, dtype=torch.float32, device=x.device)
+    arrivals = torch.zeros(n * cdiv(widest, MIN_BLOCK_N), dtype=torch.int32, device=x.device)
     y, stats = x, None
     for k, weight in enumerate(weights):
         bias = None
         if k == len(weights) - 1 and not norm_last:
             bias = last_bias if last_bias is not None else x.new_zeros(weight.shape[0])  # read in fp32
-        y, stats = _conv_stats(y, weight, stats, partials, eps, negative_slope, bias)
+        y, stats = _conv_stats(y, weight, stats, partials, arrivals, eps, negative_slope, bias)
     if not norm_last:
         return y
     c = y.shape[1]
@@ -362,7 +411,12 @@ def fastest_stack(x: torch.Tensor, weights: Sequence[torch.Tensor], eps: float =
                                                 negative_slope, norm_last)
         return out.contiguous(memory_format=torch.channels_last)
 
-    if not x.is_cuda:
+    forced = os.environ.get("SACD_FEACALI", "")
+    if forced not in ("", "fused", "cudnn"):
+        raise ValueError(f"SACD_FEACALI must be 'fused' or 'cudnn' (or unset: the faster per shape), got {forced!r}")
+    if forced == "cudnn":
+        return cudnn()
+    if not x.is_cuda or forced == "fused":
         return fused()
     key = ("feacali", tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last),
            tuple(tuple(w.shape) for w in weights), norm_last, x.device)

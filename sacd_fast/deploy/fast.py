@@ -111,6 +111,9 @@ class FastSACD(nn.Module):
         self.cpu_report: dict[str, dict] = {}
         if self.on_cuda:
             model.to(memory_format=torch.channels_last)
+            for module in model.feacali:  # before any capture: nothing long-lived may come from a graph's pool
+                kernels.prepare_conv_in_lrelu_stack([conv.weight for conv in module.convs],
+                                                    self.autocast_dtype or torch.float32)
         if self.compiled:
             mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
             self._run = torch.compile(self._maps_and_scores, mode=mode, dynamic=False)
