@@ -22,10 +22,13 @@ config (:mod:`.sm90`): registers per thread, spill bytes, shared memory, warps,
 resident blocks and warps per SM (of 64), whether the PTX copies asynchronously
 (``cp.async``: a software-pipelined loop), and how many loops the PTX has (the
 FeaCali convolution: its K-loop over 9 taps x C_in, and the statistics'
-combination). Finally the host time of each
+two combining passes). Finally the host time of each
 public call with its launches stubbed, measured on the machine running the
 report (the best of six rounds, see :func:`host_milliseconds`): the launchers'
-own Python work, what a batch-1 GPU inference waits on.
+own Python work. Triton's own launch path is stubbed with the kernels, so its
+argument binding and the driver's launch call (microseconds per launch on a
+GPU machine) are not in it: a lower bound of what a batch-1 GPU inference
+waits on, not the whole.
 Where a call runs PyTorch operators too (the training step's cuDNN
 convolutions), their meta-tensor implementations (Python shape functions,
 slower than the CUDA dispatch) are in that time: an upper bound.
@@ -285,7 +288,7 @@ def markdown(report: dict) -> str:
              f"host times on {report['machine']}.", ""]
     for case in report["cases"]:
         torch_kernels = ", ".join(f"{n} {op}" for op, n in sorted(case["torch_kernels"].items())) or "none"
-        host = f"host {case['host_ms']['total']:.3f} ms"
+        host = f"host {case['host_ms']['total']:.3f} ms (launchers only: Triton's launch path stubbed)"
         if case["torch_kernels"]:
             host += " (an upper bound: PyTorch's own operators run their Python shape functions on meta tensors)"
         lines += [f"### {case['backbone']}, batch {case['batch']}, {case['path']}: {case['all_launches']} launches "

@@ -36,27 +36,45 @@ def check_not_interpreted() -> None:
         raise RuntimeError("compiling for sm_90 needs real @triton.jit functions: unset TRITON_INTERPRET")
 
 
-def specialise(value) -> tuple[str, bool]:
+def specialise(value, specialised: bool = True) -> tuple[str, bool]:
     """Triton type of a launch argument and whether it is 16-divisible (a
     pointer's address or an integer), as the JIT specialises them; the integer
-    1 becomes the constexpr "constexpr"."""
+    1 becomes the constexpr "constexpr". An integer the kernel does not
+    specialise (``do_not_specialize``) is neither."""
     if isinstance(value, torch.Tensor):
         return "*" + TYPES[value.dtype], value.data_ptr() % 16 == 0
     if isinstance(value, bool):
         return "u1", False
     if isinstance(value, int):
+        kind = "i32" if -2**31 <= value < 2**31 else "i64"
+        if not specialised:
+            return kind, False
         if value == 1:
             return "constexpr", False
-        return ("i32" if -2**31 <= value < 2**31 else "i64"), value % 16 == 0
+        return kind, value % 16 == 0
     if isinstance(value, float):
         return "fp32", False
     raise TypeError(f"no Triton type for {type(value).__name__}")
 
 
+def unspecialised(fn) -> set[str]:
+    """The arguments ``fn`` (a JITFunction, or the interpreter's stand-in) does not specialise."""
+    listed = fn.do_not_specialize if hasattr(fn, "params") else fn.kwargs.get("do_not_specialize") or ()
+    return {fn.arg_names[i] if isinstance(i, int) else i for i in listed}
+
+
+def argument_types(fn, args: tuple) -> list[tuple[str, bool]]:
+    """:func:`specialise` of each positional argument of a launch of ``fn``."""
+    plain = unspecialised(fn)
+    return [specialise(value, name not in plain) for name, value in zip(fn.arg_names, args)]
+
+
 def variant_name(launch: Launch, config: dict) -> str:
-    """``"op.kernel KEY=value,... argument types"``: one compiled binary."""
+    """``"op.kernel KEY=value,... argument types"``, each type followed by ``/16`` where the JIT
+    specialises it as 16-divisible: one compiled binary."""
     name = launch.name + " " + ",".join(f"{k}={v}" for k, v in sorted(config.items()))
-    return name + " " + ",".join(t for t, _ in map(specialise, launch.args) if t != "fp32")
+    types = argument_types(base_function(launch.kernel), launch.args)
+    return name + " " + ",".join(t + ("/16" if divisible else "") for t, divisible in types if t != "fp32")
 
 
 def compile_launch(fn, args: tuple, kwargs: dict):
@@ -73,7 +91,7 @@ def compile_launch(fn, args: tuple, kwargs: dict):
         if param.is_constexpr:
             signature[param.name], constexprs[param.name] = "constexpr", value
             continue
-        signature[param.name], divisible = specialise(value)
+        signature[param.name], divisible = specialise(value, param.name not in unspecialised(fn))
         if signature[param.name] == "constexpr":
             constexprs[param.name] = value
         elif divisible:

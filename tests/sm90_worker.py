@@ -23,6 +23,7 @@ import torch
 from sacd_fast.kernels.anomaly_map import triton as anomaly_map
 from sacd_fast.kernels.feacali import triton as feacali
 from sacd_fast.kernels.recorder import jit_functions, recording
+from sacd_fast.kernels.report import SCALES
 from sacd_fast.kernels.simplex import triton as simplex
 from sacd_fast.kernels.sm90 import check_not_interpreted, compile_variants
 
@@ -57,6 +58,19 @@ def inference_launches():
             anomaly_map.cosine_anomaly_map_triton(scales[:count], scales[:count], (32, 32), sigma, mode)
     # a blur radius (16) beyond the map's side (8): the reflection folds more than once
     anomaly_map.cosine_anomaly_map_triton(scales[:1], scales[:1], (8, 8), 4.0, "add")
+    for c, s in SCALES["efficientnet_lite0"]:  # channel counts that are not multiples of 16
+        widths = [c, c // 2, c // 4, c // 2, c]
+        (x,) = features(torch.bfloat16, True, [(c, s)])
+        weights = [torch.empty(b, a, 3, 3) for a, b in zip(widths, widths[1:])]
+        feacali.conv_in_lrelu_stack_triton(x, weights, last_bias=torch.empty(c), norm_last=False)
+    for batch in (1, 32):  # the fast path's batches: bf16, channels_last (the same binaries as batch 2's)
+        teacher = features(torch.bfloat16, True, WRN_SCALES, batch)
+        anomaly_map.cosine_anomaly_map_triton(teacher, teacher, (256, 256), 4.0, "add")
+        for c, s in WRN_SCALES:
+            (x,) = features(torch.bfloat16, True, [(c, s)], batch)
+            widths = [c, c // 2, c // 4, c // 2, c]
+            weights = [torch.empty(b, a, 3, 3) for a, b in zip(widths, widths[1:])]
+            feacali.conv_in_lrelu_stack_triton(x, weights, last_bias=torch.empty(c), norm_last=False)
 
 
 def training_launches():

@@ -88,3 +88,21 @@ def test_the_convolution_tunes_per_batch_bucket(batch, bucket):
     buckets = [dict(zip(launch.kernel.arg_names, launch.args))["n_bucket"] for launch in launches
                if launch.name == "feacali._conv3x3_stats_kernel"]
     assert len(buckets) == 4 and set(buckets) == {bucket}
+
+
+def test_one_binary_serves_every_batch_size():
+    """The batch size is not specialised (``do_not_specialize``): batch 1, an odd batch and the
+    16-divisible ones compile to the same binaries, so no batch class recompiles the convolution.
+    The variants are named as the JIT specialises their arguments (types, 16-divisibility)."""
+    from sacd_fast.kernels.sm90 import variant_name
+
+    names = {}
+    for batch in (1, 3, 16, 32):
+        with recording() as launches:
+            for c, s in SCALES["wide_resnet50_2"]:
+                weights = [torch.empty(b, a, 3, 3) for a, b in feacali_widths(c)]
+                feacali.conv_in_lrelu_stack_triton(torch.empty(batch, c, s, s, dtype=torch.bfloat16).to(
+                    memory_format=torch.channels_last), weights, last_bias=torch.empty(c), norm_last=False)
+        names[batch] = {variant_name(launch, config) for launch in launches for config in launch.configs()}
+    assert names[1] == names[3] == names[16] == names[32]
+    assert all(",i32," in name for name in names[1])  # N: a plain i32, neither the constant 1 nor /16

@@ -1,8 +1,9 @@
 """Every Triton kernel compiles for sm_90 (H100/H200) at the launch
 configurations the launchers use for WideResNet-50-2 at 256² (NCHW and
-channels_last; fp32, fp16 and bf16; every autotuning config the autotuner
-would try; every upsampling mode; blur radii 1, 8 and 16), checked on a
-machine without a GPU (tests/sm90_worker.py)."""
+channels_last; fp32, fp16 and bf16; batches 1, 2 and 32; every autotuning
+config the autotuner would try; every upsampling mode; blur radii 1, 8 and
+16), each variant named with its arguments' types and 16-divisibility as the
+JIT specialises them, checked on a machine without a GPU (tests/sm90_worker.py)."""
 
 import json
 import os
@@ -56,7 +57,8 @@ def test_shared_memory_and_spills(report):
 def test_bandwidth_bound_inference_kernels_keep_16_warps_resident_per_sm(report):
     """Every config of every inference kernel but the tensor-core convolution
     (compute-bound, with large tiles) leaves room for at least 16 warps per SM
-    (4 blocks of 4 warps) to hide memory latency."""
+    to hide memory latency: 4 blocks of a 4-warp config, 2 of an 8-warp one
+    (the cosine distance's 8-warp configs hold 2 to 3 blocks, not 4)."""
     for name, info in report["launched"].items():
         if info["inference"] and not name.startswith("feacali._conv3x3_stats_kernel"):
             assert info["blocks_per_sm"] * info["num_warps"] >= 16, (name, info)
@@ -72,8 +74,8 @@ def test_convolution_variants_use_tensor_cores_and_ordered_statistics(report):
     assert len({name.rsplit(" ", 1)[1] for name in first}) >= 6  # 3 dtypes x 2 layouts specialise differently
     assert all(info["mma"] for info in conv.values())
     # one software-pipelined K-loop across the 9 taps (a loop per tap restarted the pipeline), plus the
-    # statistics' combination when there are statistics
-    assert all(info["loops"] == (2 if "NORM_OUTPUT=True" in name else 1) for name, info in conv.items()), \
+    # statistics' two combining passes when there are statistics
+    assert all(info["loops"] == (3 if "NORM_OUTPUT=True" in name else 1) for name, info in conv.items()), \
         {name: info["loops"] for name, info in conv.items()}
     # with statistics, the last program reads the other tiles' partials
     assert all(info["acq_rel"] for name, info in conv.items() if "NORM_OUTPUT=True" in name)
