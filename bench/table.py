@@ -1,5 +1,5 @@
 """The bench's machine line and summary table, shared by ``pytest bench/``
-(conftest.py) and bench/gpu_report.py."""
+(conftest.py)."""
 
 import platform
 

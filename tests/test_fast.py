@@ -64,15 +64,20 @@ def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():
 
 
 @requires_cuda
-def test_fast_model_cuda_matches_reference_maps_and_ranking():
+def test_fast_model_cuda_matches_the_fp32_reference(monkeypatch):
+    """Against an independent reference: the eager model in fp32 through the reference ops (no Triton kernel
+    on that side), TF32 off. bf16 bound: maps within 1% in relative L2 norm, scores within 2% of the largest."""
     model = random_teacher_model("wide_resnet50_2", 256).cuda().eval()
     x = torch.randn(16, 3, 256, 256, device="cuda")
-    expected = model.predict(x)
+    monkeypatch.setenv("SACD_DISABLE_TRITON", "1")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected = model.predict(x)
+    monkeypatch.delenv("SACD_DISABLE_TRITON")
     fast = sacd_fast.fast(model)
     out = fast.predict(x)
     relative = (out.maps - expected.maps).norm() / expected.maps.norm()
     assert relative <= 1e-2
-    assert torch.equal(out.scores.argsort(), expected.scores.argsort())
+    assert float((out.scores - expected.scores).abs().max()) <= 2e-2 * float(expected.scores.abs().max())
     kept = out.maps.clone()
     for _ in range(3):  # replays of the captured graph leave earlier results alone
         fast.predict(torch.randn_like(x))
