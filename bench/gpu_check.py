@@ -411,7 +411,10 @@ def _reference_predict(model, x):
     try:
         return model.predict(x)
     finally:
-        os.environ.pop("SACD_DISABLE_TRITON") if saved is None else os.environ.update(SACD_DISABLE_TRITON=saved)
+        if saved is None:
+            del os.environ["SACD_DISABLE_TRITON"]
+        else:
+            os.environ["SACD_DISABLE_TRITON"] = saved
 
 
 def fast_model(check: Check) -> bool:
@@ -642,7 +645,8 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="on a CPU: every step's code, tiny shapes, no timings")
     parser.add_argument("--gather-wheels", type=Path, default=None, metavar="DIR",
                         help="download the wheels the check needs beyond torch and Triton into DIR, and stop")
-    parser.add_argument("--python-version", default="3.12", help="with --gather-wheels: the GPU machine's Python")
+    parser.add_argument("--python-version", default="3.12",
+                        help="with --gather-wheels: the Python version of the machine that will install them")
     parser.add_argument("--step", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)  # one step, in-process
     args = parser.parse_args()
     out = Path(args.out)
