@@ -274,7 +274,8 @@ def decision(checkpoint, device: torch.device, fast: bool, threshold: float | No
         check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
     if fast and device.type != "cuda":
         say("--fast on a CPU: the first batch picks the fastest installed backend whose maps match the eager "
-            f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 within {CPU_BOUNDS['bf16']:g} of the map scale)")
+            f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 within {CPU_BOUNDS['bf16']:g} of the threshold's "
+            "distance from the median normal score) and that decides every image of it as the eager model does")
     if Path(checkpoint).suffix.lower() in (".onnx", ".xml"):
         model = Inferencer(checkpoint)
         thresholds = model.thresholds

@@ -32,8 +32,9 @@ def test_fast_model_on_cpu_picks_a_proven_backend_and_keeps_the_api(tmp_path):
             r["seconds"] for r in report.values() if r.get("within_bound"))
         if dtype == torch.float32:
             assert all(r["precision"] == "fp32" for r in report.values())
-        bound = CPU_BOUNDS[chosen["precision"]] * max(1.0, float(expected.maps.abs().max()))
-        assert float((out.maps - expected.maps).abs().max()) <= bound
+        scale = float(expected.maps.max() - expected.maps.median())  # no thresholds: the maps' own range
+        bound = CPU_BOUNDS[chosen["precision"]] * scale
+        assert chosen["bound"] == pytest.approx(bound) and float((out.maps - expected.maps).abs().max()) <= bound
         later = fast.predict(x[:1])
         assert later.maps.shape == (1, 64, 64) and float((later.maps - expected.maps[:1]).abs().max()) <= bound
     assert {"onnxruntime-fp32", "openvino-fp32"} <= set(report)  # the deploy extra is installed in CI
@@ -43,6 +44,41 @@ def test_fast_model_on_cpu_picks_a_proven_backend_and_keeps_the_api(tmp_path):
         loaded.predict(torch.randn(1, 3, 60, 64))
     with pytest.raises(ValueError, match="dtype"):
         sacd_fast.fast(model, dtype=torch.int8)
+
+
+@pytest.mark.parametrize("fault", ["maps off by 30% of the decision scale", "one image decided otherwise"])
+def test_the_cpu_check_refuses_a_wrong_backend(fault, monkeypatch):
+    """A backend whose maps are off by 30% of the model's decision scale (the threshold's distance from
+    the median normal score; the old bound, 6% of max(1, the largest map value), let it through), or whose
+    scores differ by a hair that moves one image across the threshold, is refused however fast it is."""
+    from sacd_fast.deploy import fast as fast_module
+
+    model = random_teacher_model("resnet18", 64).eval()
+    x = torch.randn(4, 3, 64, 64)
+    expected = model.predict(x)
+    ordered = expected.scores.sort().values
+    threshold = float(ordered[1] + ordered[2]) / 2  # two images below, two above
+    thresholds = {"image": threshold, "score_median": float(expected.maps.median())}
+    scale = thresholds["image"] - thresholds["score_median"]
+    if fault.startswith("maps"):
+        wrong = (expected.scores + 0.3 * scale, expected.maps + 0.3 * scale)
+    else:
+        nudged = expected.scores.clone()
+        nudged[expected.scores.argsort()[2]] = threshold - 1e-6  # within any bound, on the other side
+        wrong = (nudged, expected.maps)
+    real = fast_module._cpu_candidates
+    monkeypatch.setattr(fast_module, "_cpu_candidates", lambda m: {
+        "eager-fp32": real(m)["eager-fp32"], "wrong-bf16": ("bf16", lambda: lambda images: wrong)})
+    fast = sacd_fast.fast(model, thresholds=thresholds)
+    out = fast.predict(x)
+    report = fast.cpu_report["wrong-bf16"]
+    assert not report["within_bound"] and fast.cpu_backend == "eager-fp32"
+    if fault.startswith("maps"):
+        assert report["max_error"] > report["bound"] == pytest.approx(CPU_BOUNDS["bf16"] * scale)
+        assert report["max_error"] < CPU_BOUNDS["bf16"] * max(1.0, float(expected.maps.abs().max()))  # old bound
+    else:
+        assert report["max_error"] <= report["bound"] and not report["same_decisions"]
+    torch.testing.assert_close(out.maps, expected.maps)
 
 
 def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():

@@ -23,7 +23,7 @@ def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
         raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`, or its "
                          "training has not finished (run the same train command again to finish it)")
     model = SACD.from_payload(payload, path).to(device)
-    return (make_fast(model) if fast else model), thresholds
+    return (make_fast(model, thresholds=thresholds) if fast else model), thresholds
 
 
 def predict_dataset(model, dataset: Dataset, batch_size: int = 16, device="cpu",
