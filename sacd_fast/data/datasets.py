@@ -30,9 +30,6 @@ from tqdm.auto import tqdm
 
 from sacd_fast.files import require_file
 
-MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-                    "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
-BTAD_CATEGORIES = ("01", "02", "03")
 GOOD_NAMES = ("good", "ok")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
