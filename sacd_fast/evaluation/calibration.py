@@ -27,6 +27,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from sacd_fast.network.config import finite
 from sacd_fast.training.settings import DEFAULT_FALSE_ALARM_RATE
 
 BOOTSTRAP = 2000
@@ -106,12 +107,8 @@ def normalized(scores, threshold: float, median: float) -> np.ndarray:
 def _number(value, low=-math.inf, high=math.inf, integer: bool = False) -> bool:
     """Whether ``value`` is a finite number (an int with ``integer``) in [low, high] (an int too large for a
     float is not)."""
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        return False
-    try:
-        return math.isfinite(value) and low <= value <= high
-    except OverflowError:
-        return False
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) \
+        and finite(value) and low <= value <= high
 
 
 def _pair(low: float, high: float):

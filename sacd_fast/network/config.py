@@ -39,7 +39,7 @@ def default_map_border(backbone: str) -> int:
     return 1 if is_lite(backbone) else 0
 
 
-def _finite(value: int | float) -> bool:
+def finite(value: int | float) -> bool:
     """Whether ``value`` is finite as a float (an int too large for one is not)."""
     try:
         return math.isfinite(value)
@@ -107,7 +107,7 @@ class SACDConfig:
                 raise ValueError(f"{name} must be an integer in [{least}, {most}], got {value!r}")
         for name, positive in (("lambda_intra", True), ("sigma", False)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) \
                     or value < 0 or (positive and value == 0):
                 raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
         if self.sigma > size:
