@@ -27,7 +27,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         # export to ONNX / OpenVINO and run exported models
-        "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.4"],
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.4", "onnxslim>=0.1.90", "nncf>=2.14"],
         # the test suite and benchmarks; elpv-dataset's images are non-commercial: only the tests read them
         "test": ["pytest", "pytest-benchmark", "hypothesis", "scikit-image", "elpv-dataset", "triton>=3.0"],
     },

@@ -8,11 +8,13 @@ WideResNet-50-2 at 256², batches 1 and 32. On a CPU: ResNet-18 and Lite0 at
 weights ship with it.
 
 On a CPU, ``test_deployed`` compares what a CPU deployment can run, at 256²:
-eager fp32 (reference), ``sacd_fast.fast`` (the backend it picks),
-ONNX Runtime and OpenVINO in fp32 on the exported pipeline, and anomalib's
+eager fp32 (reference), ``sacd_fast.fast`` (the backend its search keeps, timed
+after the search), ONNX Runtime and OpenVINO in fp32 on the exported
+pipeline, the OpenVINO file alone in bf16 (CPUs with native bf16) and in int8
+(NNCF, calibrated on 8 random images: a speed figure only), and anomalib's
 reverse distillation (random weights) as the peer, skipped when anomalib
-cannot be imported. WideResNet-50-2 at batches 1 and 4, ResNet-18 and Lite0
-at batch 4.
+cannot be imported (it needs its own environment: docs/results.md).
+WideResNet-50-2, ResNet-18 and Lite0 at batches 1 and 4.
 """
 
 import warnings
@@ -101,17 +103,33 @@ def test_part(timed, provider, part, backbone, size):
     timed(run, items=batch)
 
 
-DEPLOYED = [] if ON_GPU else [("wide_resnet50_2", 256, 1), ("wide_resnet50_2", 256, 4), ("resnet18", 256, 4),
-                              ("efficientnet_lite0", 256, 4)]
+DEPLOYED = [] if ON_GPU else [(backbone, 256, batch) for backbone in ("wide_resnet50_2", "resnet18",
+                                                                        "efficientnet_lite0") for batch in (1, 4)]
 
 
-def exported_predict(model, runtime):
-    """The exported pipeline (fp32, any batch) in ONNX Runtime or OpenVINO."""
+def exported_predict(model, provider):
+    """The exported pipeline (any batch) in ONNX Runtime (fp32) or OpenVINO (fp32, bf16 or int8)."""
+    runtime, _, precision = provider.partition("-")
     pytest.importorskip(runtime)
-    from sacd_fast.deploy.export import onnx_bytes, onnxruntime_runner, openvino_model, openvino_runner
+    from sacd_fast.cpu import native_bf16
+    from sacd_fast.deploy.export import onnx_bytes
+    from sacd_fast.deploy.quantize import FLOAT32_SCOPE, quantize_openvino
+    from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_model
 
     data = onnx_bytes(model, batch=None)
-    run = onnxruntime_runner(data) if runtime == "onnxruntime" else openvino_runner(openvino_model(data), "f32")
+    if runtime == "onnxruntime":
+        run = ONNXRuntimeRunner(data)
+    elif precision in ("", "fp32"):
+        run = OpenVINORunner(openvino_model(data), "f32")
+    elif not native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    elif precision == "bf16":
+        run = OpenVINORunner(openvino_model(data), "bf16")
+    else:
+        pytest.importorskip("nncf")
+        calibration = torch.randn(8, 3, model.config.image_size, model.config.image_size,
+                                  generator=torch.Generator().manual_seed(0))
+        run = OpenVINORunner(quantize_openvino(openvino_model(data), calibration, None, [FLOAT32_SCOPE]), "bf16")
     return lambda x: run(x.numpy())
 
 
@@ -130,15 +148,21 @@ def anomalib_predict(backbone, size):
     return torch.no_grad()(model)
 
 
-@pytest.mark.parametrize("provider", ["reference", "fast", "onnxruntime", "openvino", "anomalib"])
+@pytest.mark.parametrize("provider", ["reference", "fast", "onnxruntime", "openvino", "openvino-bf16",
+                                      "openvino-int8", "anomalib"])
 @pytest.mark.parametrize("backbone,size,batch", DEPLOYED)
-def test_deployed(timed, provider, backbone, size, batch):
+def test_deployed(timed, benchmark, provider, backbone, size, batch):
     x = torch.randn(batch, 3, size, size)
     if provider == "anomalib":
         predict = anomalib_predict(backbone, size)
+    elif provider == "reference":
+        predict = build(backbone, size).predict
+    elif provider == "fast":
+        fast = sacd_fast.fast(build(backbone, size))
+        fast.predict(x)  # the search; the kept model is timed after it
+        predict = fast.predict
     else:
-        model = build(backbone, size)
-        predict = {"reference": lambda: model.predict, "fast": lambda: sacd_fast.fast(model).predict,
-                   "onnxruntime": lambda: exported_predict(model, "onnxruntime"),
-                   "openvino": lambda: exported_predict(model, "openvino")}[provider]()
+        predict = exported_predict(build(backbone, size), provider)
     timed(lambda: predict(x), items=batch, rounds=5)
+    if provider == "fast":  # which backend the search kept, and every candidate's time in it
+        benchmark.extra_info.update(cpu_backend=fast.cpu_backend, cpu_report=fast.cpu_report)

@@ -157,10 +157,17 @@ def _add_export(subparsers) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch", type=int, default=1, help="the batch size the file takes")
     size.add_argument("--dynamic-batch", action="store_true", help="a file that takes any batch size")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="weights and compute")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="weights and compute; int8: OpenVINO, quantised and guarded (below)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: normal images the model did not train on (default: the checkpoint's held-out ones)")
+    p.add_argument("--guard-data", metavar="DIR", help="int8: a product folder whose test split guards the "
+                   "decisions (default: the calibration images and a synthetic anomaly made from each)")
+    p.add_argument("--force", action="store_true", help="int8: write the file even where the guard fails")
     p.set_defaults(run=lambda commands, a: commands.export_model(a.checkpoint, a.out, format=a.format,
                                                        batch=None if a.dynamic_batch else a.batch,
-                                                       precision=a.precision))
+                                                       precision=a.precision, calibration=a.calibration,
+                                                       guard_data=a.guard_data, force=a.force))
 
 
 def _add_demo(subparsers) -> None:

@@ -18,6 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
@@ -27,7 +28,8 @@ from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.deploy.export import Inferencer, export
 from sacd_fast.deploy.fast import CPU_BOUNDS
 from sacd_fast.deploy.inference import (at_threshold, calibrate, evaluate_predictions, load_for_inference,
-                                        predict_dataset)
+                                        predict_dataset, read_images)
+from sacd_fast.deploy.quantize import MAX_CALIBRATION_IMAGES, GuardResult
 from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold, check_false_alarm_rate
 from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inputs, score_rows, write_csv,
                                           write_heatmaps, write_json)
@@ -36,7 +38,7 @@ from sacd_fast.files import exclusive_folder, require_file, write_text
 from sacd_fast.network.config import MAP_MODES, MAX_IMAGE_SIZE, TEACHER_INPUTS, TEACHER_SCALES
 from sacd_fast.network.model import SACD
 from sacd_fast.profiling import PARTS, anomaly_map_flops, profile
-from sacd_fast.training.checkpoint import load_checkpoint
+from sacd_fast.training.checkpoint import calibration_files, load_checkpoint
 from sacd_fast.training.train import (TrainSettings, check_precision, computed_precision, converged, fit, kept_epoch,
                                       process_rank)
 
@@ -239,7 +241,11 @@ def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teache
     def thresholds(trained: SACD) -> dict:
         values = calibrate(trained, normal, batch_size, device, progress, false_alarm_rate)
         values["source"] = "held-out normal training images" if val_idx else "training images"
-        return {"thresholds": values}
+        if not val_idx:
+            return {"thresholds": values}
+        held_out = [str(dataset.samples[i].path.relative_to(dataset.folder)) for i in val_idx]
+        return {"thresholds": values, "calibration_images": {"folder": str(dataset.folder.resolve()),
+                                                             "files": held_out}}
 
     fit(model, Subset(dataset, train_idx), settings, checkpoint=checkpoint, device=device, num_workers=workers,
         log=log, precision=precision, progress=progress, provenance=data_provenance(dataset, train_idx),
@@ -274,8 +280,10 @@ def decision(checkpoint, device: torch.device, fast: bool, threshold: float | No
         check_setting("false-alarm-rate", false_alarm_rate, 0.0, 1.0, below_high=True)
     if fast and device.type != "cuda":
         say("--fast on a CPU: the first batch picks the fastest installed backend whose maps match the eager "
-            f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 within {CPU_BOUNDS['bf16']:g} of the threshold's "
-            "distance from the median normal score) and that decides every image of it as the eager model does")
+            f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 and int8 within {CPU_BOUNDS['bf16']:g} of the "
+            "threshold's distance from the median normal score) and that decides every image of it as the eager "
+            "model does; int8 is tried where the checkpoint's held-out images are still there, and kept only where "
+            "its accuracy guard holds")
     if Path(checkpoint).suffix.lower() in (".onnx", ".xml"):
         model = Inferencer(checkpoint)
         thresholds = model.thresholds
@@ -390,17 +398,43 @@ def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: 
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, format: str = "onnx",
-                 batch: int | None = 1, precision: str = "fp32") -> Path:
+                 batch: int | None = 1, precision: str = "fp32", calibration: str | os.PathLike | None = None,
+                 guard_data: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Write a trained checkpoint's whole pipeline, with its thresholds, to
-    ``out/model.onnx`` or ``out/model.xml`` (+ ``.bin``)."""
+    ``out/model.onnx`` or ``out/model.xml`` (+ ``.bin``).
+
+    ``precision`` "int8" (OpenVINO) quantises it on ``calibration`` (a folder of normal images the model
+    did not train on; by default the checkpoint's held-out normal images), guards its decisions on
+    ``guard_data`` (a product folder whose test split is used; by default the calibration images and
+    synthetic anomalies made from them) and refuses a file that fails the guard unless ``force``."""
     if batch is not None:
         check_setting("batch", batch, 1, integer=True)
+    if precision != "int8" and (calibration is not None or guard_data is not None or force):
+        raise ValueError("--calibration, --guard-data and --force belong to --precision int8")
+    if precision == "int8" and format != "openvino":
+        raise ValueError("--precision int8 writes an OpenVINO file: add --format openvino")
     model, thresholds = load_for_inference(checkpoint, torch.device("cpu"))
-    check_fits("--batch", batch or 2, model.config.image_size, torch.device("cpu"))
+    size = model.config.image_size
+    check_fits("--batch", batch or 2, size, torch.device("cpu"))
+    images = guard_set = None
+    if precision == "int8":
+        images = read_images([calibration] if calibration is not None else
+                             calibration_files(load_checkpoint(checkpoint), checkpoint), size, MAX_CALIBRATION_IMAGES)
+        if guard_data is not None:
+            test = AnomalyDataset(guard_data, None, "test", size)
+            test.check(progress=False)
+            guard_set = (torch.stack([test[i]["image"] for i in range(len(test))]),
+                         np.array([test.samples[i].label for i in range(len(test))]))
+        say(f"quantising to int8 on {len(images)} normal images ("
+            f"{calibration if calibration is not None else 'the checkpoint’s held-out images'}), guarded on "
+            f"{guard_data if guard_data is not None else 'them and a synthetic anomaly made from each'}")
     with exclusive_folder(out, "sacd-fast export"):
-        path = export(model, Path(out) / "model", format, batch, precision, thresholds)
-    say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, "
-        f"{model.config.image_size}x{model.config.image_size} images)")
+        path = export(model, Path(out) / "model", format, batch, precision, thresholds, images, guard_set, force)
+    if precision == "int8":
+        record = Inferencer(path).quantization
+        verdict = "holds" if record["guard"]["passed"] else "FAILS (written with --force)"
+        say(f"int8 in {record['int8']}; the guard {verdict}: {GuardResult.from_dict(record['guard']).describe()}")
+    say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, {size}x{size} images)")
     return path
 
 

@@ -4,6 +4,8 @@ PyTorch model, the metadata a consumer needs, and errors that name the file.
 
 import builtins
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from sacd_fast import SACD, normalize
 from sacd_fast.cli import main
 from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.data.synthdata import write_dataset
-from sacd_fast.deploy.export import OPSET, Inferencer, export
+from sacd_fast.deploy.export import OPERATORS, OPSET, Inferencer, export
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -77,7 +79,23 @@ def test_onnx_file_is_checked_named_and_self_describing(model, tmp_path):
     assert json.loads(meta["sacd_fast.config"])["backbone"] == model.config.backbone
     ops = {node.op_type for node in proto.graph.node}
     assert {"Conv", "InstanceNormalization", "Resize", "Gather", "ReduceMax"} <= ops
-    assert not ops & {"Mod", "Range", "Where", "Loop", "If"}  # no index arithmetic left in the graph
+    assert ops <= set(OPERATORS), f"operators outside the contract: {sorted(ops - set(OPERATORS))}"
+
+
+@pytest.mark.parametrize("options", [{"map_mode": "mul", "map_border": 1}, {"feacali_norm_last": False}])
+def test_every_export_holds_only_the_listed_operators(options, tmp_path):
+    """Other map settings, a dynamic batch and fp16: still only :data:`OPERATORS` (batch norms folded,
+    no shape arithmetic), and the README lists exactly those."""
+    torch.manual_seed(0)
+    model = random_teacher_model("resnet18", 64, **options).eval()
+    for batch, precision in ((None, "fp32"), (3, "fp16")):
+        proto = onnx.load(str(export(model, tmp_path / "m", "onnx", batch=batch, precision=precision)))
+        ops = {node.op_type for node in proto.graph.node}
+        assert ops <= set(OPERATORS), f"operators outside the contract: {sorted(ops - set(OPERATORS))}"
+        assert ("Cast" in ops) == (precision == "fp16")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = re.search(r"only these operators: ([^.]+)\.", " ".join(readme.split())).group(1)
+    assert set(re.findall(r"\b[A-Z][A-Za-z]+\b", listed)) == set(OPERATORS)
 
 
 def test_fixed_batch_files_take_other_batches_in_slices(model, demo_images, tmp_path):

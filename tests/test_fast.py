@@ -67,8 +67,8 @@ def test_the_cpu_check_refuses_a_wrong_backend(fault, monkeypatch):
         nudged[expected.scores.argsort()[2]] = threshold - 1e-6  # within any bound, on the other side
         wrong = (nudged, expected.maps)
     real = fast_module._cpu_candidates
-    monkeypatch.setattr(fast_module, "_cpu_candidates", lambda m: {
-        "eager-fp32": real(m)["eager-fp32"], "wrong-bf16": ("bf16", lambda: lambda images: wrong)})
+    monkeypatch.setattr(fast_module, "_cpu_candidates", lambda *args: {
+        "eager-fp32": real(*args)["eager-fp32"], "wrong-bf16": ("bf16", lambda: lambda images: wrong)})
     fast = sacd_fast.fast(model, thresholds=thresholds)
     out = fast.predict(x)
     report = fast.cpu_report["wrong-bf16"]

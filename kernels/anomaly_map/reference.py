@@ -64,18 +64,30 @@ def inner_index(n: int, border: int, device=None) -> torch.Tensor:
     return torch.tensor([min(max(i, band), n - 1 - band) for i in range(n)], device=device)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian filter of ``maps`` (B, H, W) with scipy's reflect border."""
+def gaussian_blur(maps: torch.Tensor, sigma: float, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Separable Gaussian filter of ``maps`` (B, H, W) with scipy's reflect border (``size``: (H, W)
+    as Python integers, so that an exported graph holds them as constants; the batch stays -1)."""
     if sigma <= 0:
         return maps
     taps = gaussian_taps(sigma, maps.dtype, maps.device)
     radius = (taps.numel() - 1) // 2
-    b, h, w = maps.shape
+    h, w = size or maps.shape[-2:]
     kernel = taps.view(1, 1, -1)
     rows = maps[:, :, reflect_index(w, radius, maps.device)]
-    maps = F.conv1d(rows.reshape(b * h, 1, -1), kernel).view(b, h, w)
+    maps = F.conv1d(rows.reshape(-1, 1, w + 2 * radius), kernel).view(-1, h, w)
     cols = maps.transpose(1, 2)[:, :, reflect_index(h, radius, maps.device)]
-    return F.conv1d(cols.reshape(b * w, 1, -1), kernel).view(b, w, h).transpose(1, 2).contiguous()
+    return F.conv1d(cols.reshape(-1, 1, h + 2 * radius), kernel).view(-1, w, h).transpose(1, 2).contiguous()
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (``align_corners``) upsampling of (B, C, h, w) to ``size``, by the scale factors when
+    ``size`` is an exact multiple (the same values: align_corners places samples by the sizes alone), so
+    that an exported graph's Resize takes constant scales rather than a size read from its input."""
+    h, w = (int(n) for n in x.shape[-2:])
+    size = (int(size[0]), int(size[1]))
+    if size[0] % h or size[1] % w:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(x, scale_factor=(size[0] // h, size[1] // w), mode="bilinear", align_corners=True)
 
 
 def cosine_anomaly_map(
@@ -103,9 +115,9 @@ def cosine_anomaly_map(
             h, w = distance.shape[-2:]
             rows, cols = inner_index(h, border, distance.device), inner_index(w, border, distance.device)
             distance = distance[:, :, rows][..., cols]
-        distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
+        distance = upsample(distance, size)[:, 0]
         if total is None:
             total = distance
         else:
             total = total + distance if mode == "add" else total * distance
-    return gaussian_blur(total, sigma)
+    return gaussian_blur(total, sigma, size)

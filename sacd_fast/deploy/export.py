@@ -5,11 +5,11 @@ image batch ``image`` (B, 3, S, S) in, ``scores`` (B,) and ``maps`` (B, S, S)
 out: teacher, OCBE, decoder, FeaCali (Conv, InstanceNormalization,
 LeakyRelu), the per-scale cosine distance, the bilinear upsampling
 (align_corners), the separable Gaussian (scipy's reflect border, done as a
-Gather of constant indices and a Conv with fixed taps) and the maximum. Only
-standard ONNX operators (opset :data:`OPSET`) that ONNX Runtime, OpenVINO and
-TensorRT all implement: Conv, InstanceNormalization, BatchNormalization (folded
-away), Relu, Clip, LeakyRelu, Add, Mul, Sub, Div, Sqrt, Max, ReduceSum,
-ReduceMax, Resize, Gather, Concat, Reshape, Transpose, Pad, ConvTranspose.
+Gather of constant indices and a Conv with fixed taps) and the maximum. The
+traced graph is simplified with onnxslim (batch norms folded into the
+convolutions before them, shape arithmetic folded to constants, identities
+dropped), so that it holds only the standard operators (opset :data:`OPSET`)
+in :data:`OPERATORS`, which ONNX Runtime, OpenVINO and TensorRT all implement.
 
 What a consumer needs travels inside the file, under ``sacd_fast.*`` keys
 (ONNX ``metadata_props``, OpenVINO ``rt_info``): the format version, the
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sacd_fast.deploy.inference import load_for_inference
+from sacd_fast.deploy.inference import load_for_inference, read_images
+from sacd_fast.deploy.quantize import Quantized, quantize_guarded
+from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_core, openvino_model, require
 from sacd_fast.evaluation.calibration import check_thresholds
 from sacd_fast.files import atomic_write, require_file
 from sacd_fast.kernels.anomaly_map import reference as map_reference
@@ -43,6 +45,40 @@ OPSET = 18
 FORMAT = "sacd_fast/1"
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16")
+# Every operator an exported graph may hold, whatever the backbone, map mode or batch (tested per backbone);
+# Cast only in fp16 files, where the float32 image enters and the features leave for the float32 map.
+OPERATORS = ("Add", "Cast", "Clip", "Concat", "Conv", "ConvTranspose", "Div", "Flatten", "Gather",
+             "InstanceNormalization", "LeakyRelu", "MaxPool", "Mul", "ReduceMax", "ReduceSum", "Relu", "Reshape",
+             "Resize", "Sqrt", "Sub", "Transpose", "Unsqueeze")
+
+
+class FeaCali(nn.Module):
+    """The FeaCali chains in the reference ops (their graph nodes are named ``/feacali/...``)."""
+
+    def __init__(self, model: SACD):
+        super().__init__()
+        self.chains = model.feacali
+
+    def forward(self, student: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [feacali_reference.conv_in_lrelu_stack(x, [c.weight for c in m.convs], [c.bias for c in m.convs],
+                                                      m.eps, m.negative_slope, m.norm_last)
+                for m, x in zip(self.chains, student)]
+
+
+class AnomalyMap(nn.Module):
+    """Features -> (scores, maps) in float32: the cosine map, upsampling, Gaussian and maximum (their graph
+    nodes are named ``/map/...``; int8 quantisation leaves them in float32)."""
+
+    def __init__(self, config: SACDConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, teacher: list[torch.Tensor], calibrated: list[torch.Tensor]):
+        size = self.config.image_size  # a constant, not the input's traced shape
+        maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
+                                                (size, size), self.config.sigma, self.config.map_mode,
+                                                self.config.map_border)
+        return maps.flatten(1).amax(1), maps
 
 
 class Pipeline(nn.Module):
@@ -51,27 +87,11 @@ class Pipeline(nn.Module):
     def __init__(self, model: SACD, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model, self.dtype = model.eval(), dtype
+        self.feacali, self.map = FeaCali(model), AnomalyMap(model.config)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         teacher, student = self.model.encode_decode(image.to(self.dtype))
-        calibrated = []
-        for module, x in zip(self.model.feacali, student):
-            calibrated.append(feacali_reference.conv_in_lrelu_stack(
-                x, [c.weight for c in module.convs], [c.bias for c in module.convs], module.eps,
-                module.negative_slope, module.norm_last))
-        maps = map_reference.cosine_anomaly_map([t.float() for t in teacher], [c.float() for c in calibrated],
-                                                tuple(image.shape[-2:]), self.model.config.sigma,
-                                                self.model.config.map_mode, self.model.config.map_border)
-        return maps.flatten(1).amax(1), maps
-
-
-def require(module: str, extra: str = "deploy"):
-    """Import ``module`` or raise an ImportError that says which extra installs it."""
-    try:
-        return __import__(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is not installed: pip install \"sacd_fast[{extra}]\" "
-                          f"(or pip install {module})") from e
+        return self.map(teacher, self.feacali(student))
 
 
 def metadata(model: SACD, thresholds: dict | None, batch: int | None) -> dict[str, str]:
@@ -104,7 +124,7 @@ def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thre
                           opset_version=OPSET, dynamo=False, do_constant_folding=True,
                           dynamic_axes=None if batch else {"image": {0: "batch"}, "scores": {0: "batch"},
                                                            "maps": {0: "batch"}})
-        proto = onnx.load(path)
+        proto = require("onnxslim").slim(onnx.load(path))
     for key, value in metadata(model, thresholds, batch).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -112,22 +132,48 @@ def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thre
     return proto.SerializeToString()
 
 
+class GuardFailed(ValueError):
+    """An int8 model decides differently from fp32 beyond the guard's allowance (``quantized`` says how)."""
+
+    def __init__(self, message: str, quantized: Quantized):
+        super().__init__(message)
+        self.quantized = quantized
+
+
 def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: int | None = 1,
-           precision: str = "fp32", thresholds: dict | None = None) -> Path:
+           precision: str = "fp32", thresholds: dict | None = None, calibration: torch.Tensor | None = None,
+           guard_set: tuple[torch.Tensor, np.ndarray] | None = None, force: bool = False) -> Path:
     """Write ``model``'s whole pipeline to ``path`` (a .onnx file, or an OpenVINO
-    .xml with its .bin beside it) and return the path written.
+    .xml with its .bin beside it; its folder is made) and return the path written.
 
     Args:
         batch: the batch size the file takes; None for any (dynamic).
-        precision: "fp32", or "fp16" (weights and compute; the input and outputs stay float32).
-        thresholds: the calibrated thresholds to carry (``sacd-fast export`` passes the checkpoint's).
+        precision: "fp32"; "fp16" (weights and compute; the input and outputs stay float32); or "int8"
+            (OpenVINO only: :mod:`sacd_fast.deploy.quantize`), which needs ``calibration``.
+        thresholds: the calibrated thresholds to carry (``sacd-fast export`` passes the checkpoint's); an
+            int8 file carries thresholds recalibrated on its own scores of the calibration images.
+        calibration: int8 only: normal images in [0, 1] (N, 3, S, S) the model did not train on.
+        guard_set: int8 only: (images in [0, 1], labels 1 = anomalous) to guard decisions on; by default
+            the calibration images and a synthetic anomaly made from each.
+        force: int8 only: write the file even where the guard fails (its record says so).
+
+    Raises:
+        GuardFailed: (a ValueError) the int8 model fails the guard and ``force`` is not set.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if precision not in (*PRECISIONS, "int8"):
+        raise ValueError(f"precision must be one of {(*PRECISIONS, 'int8')}, got {precision!r}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive integer or None (dynamic), got {batch!r}")
+    if precision == "int8" and format != "openvino":
+        raise ValueError("int8 files are written for OpenVINO: use format='openvino' (--format openvino)")
+    if precision == "int8" and (calibration is None or len(calibration) < 2):
+        raise ValueError("an int8 export needs calibration images: at least 2 normal images the model did not "
+                         "train on (--calibration DIR)")
     path = Path(path)
-    data = onnx_bytes(model, batch, precision, thresholds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = onnx_bytes(model, batch, "fp32" if precision == "int8" else precision, thresholds)
     if format == "onnx":
         path = path.with_suffix(".onnx")
         atomic_write(path, lambda f: f.write(data))
@@ -135,8 +181,17 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
     ov = require("openvino")
     path = path.with_suffix(".xml")
     converted = openvino_model(data)
+    entries = metadata(model, thresholds, batch)
+    if precision == "int8":
+        quantized = quantize_guarded(converted, calibration, batch, thresholds, guard_set)
+        if not quantized.guard.passed and not force:
+            raise GuardFailed(f"the int8 model fails the accuracy guard: {quantized.guard.describe()}; nothing "
+                              "was written (--force writes it anyway)", quantized)
+        converted = quantized.model
+        entries["sacd_fast.thresholds"] = json.dumps(quantized.thresholds)
+        entries["sacd_fast.quantization"] = json.dumps(quantized.record(len(calibration), force))
     with tempfile.TemporaryDirectory() as tmp:
-        for key, value in metadata(model, thresholds, batch).items():
+        for key, value in entries.items():
             converted.set_rt_info(value, key.split("."))
         staged = os.path.join(tmp, "model.xml")
         ov.save_model(converted, staged, compress_to_fp16=precision == "fp16")
@@ -147,39 +202,6 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
     return path
 
 
-def openvino_model(data: bytes):
-    """An exported ONNX model, converted to OpenVINO's in-memory model."""
-    ov = require("openvino")
-    with tempfile.TemporaryDirectory() as tmp:
-        source = os.path.join(tmp, "model.onnx")
-        Path(source).write_bytes(data)
-        return ov.convert_model(source)
-
-
-def onnxruntime_runner(model: str | bytes):
-    """An ONNX Runtime CPU session for an exported file (a path, or its bytes):
-    float32 images (B, 3, S, S) -> (scores, maps) as numpy arrays."""
-    ort = require("onnxruntime")
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(["scores", "maps"], {"image": x})
-
-
-def openvino_runner(model, precision: str = "f32"):
-    """An OpenVINO CPU inference request for a read or converted model, computing
-    in ``precision`` ("f32", or "bf16" on CPUs with native bf16): float32
-    images -> (scores, maps) as numpy arrays."""
-    ov = require("openvino")
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-    request = compiled.create_infer_request()
-    scores, maps = compiled.output("scores"), compiled.output("maps")
-
-    def run(x):
-        out = request.infer({"image": x})
-        return out[scores], out[maps]
-
-    return run
-
-
 @dataclass
 class ExportedInfo:
     """What an exported file says about itself."""
@@ -187,9 +209,11 @@ class ExportedInfo:
     config: SACDConfig
     batch: int  # 0: any
     thresholds: dict
+    quantization: dict | None  # int8 files: what runs in int8 and how it passed the guard
 
 
 METADATA_KEYS = ("format", "backbone", "image_size", "batch", "normalization", "config", "thresholds")
+OPTIONAL_METADATA_KEYS = ("quantization",)
 
 
 def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) -> ExportedInfo:
@@ -238,7 +262,8 @@ def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) 
     if list(image_shape) != expected or not {"scores", "maps"} <= set(outputs):
         raise ValueError(f"{path}: its graph takes 'image' {image_shape} and gives {outputs}, but its metadata says "
                          f"{expected} (batch {batch}, image_size {s}) and ['scores', 'maps']")
-    return ExportedInfo(config, batch, thresholds)
+    quantization = entry("quantization", json_record, "is not JSON") if "sacd_fast.quantization" in entries else None
+    return ExportedInfo(config, batch, thresholds, quantization)
 
 
 class Inferencer:
@@ -263,7 +288,7 @@ class Inferencer:
         suffix = self.path.suffix.lower()
         if suffix == ".pt":
             model, self.thresholds = load_for_inference(self.path, device)
-            self.config, self.batch = model.config, 0
+            self.config, self.batch, self.quantization = model.config, 0, None
             self._run = lambda x: model.predict(torch.from_numpy(x).to(device))
             return
         if suffix == ".onnx":
@@ -276,23 +301,22 @@ class Inferencer:
                                 i.type.tensor_type.shape.dim] for i in proto.graph.input}
             info = _info({p.key: p.value for p in proto.metadata_props}, self.path, inputs.get("image", []),
                          [o.name for o in proto.graph.output])
-            self._run = onnxruntime_runner(str(self.path))
+            self._run = ONNXRuntimeRunner(str(self.path))
         elif suffix == ".xml":
-            ov = require("openvino")
-            core = ov.Core()
             try:
-                model = core.read_model(str(self.path))
+                model = openvino_core().read_model(str(self.path))
             except Exception as e:
                 raise ValueError(f"{self.path} is not an OpenVINO model ({type(e).__name__}: {e})") from e
             entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
-                       for k in METADATA_KEYS if model.has_rt_info(["sacd_fast", k])}
+                       for k in METADATA_KEYS + OPTIONAL_METADATA_KEYS if model.has_rt_info(["sacd_fast", k])}
             image = [p for p in model.inputs if "image" in p.get_names()]
             shape = [d.get_length() if d.is_static else None for d in image[0].get_partial_shape()] if image else []
             info = _info(entries, self.path, shape, [name for o in model.outputs for name in o.get_names()])
-            self._run = openvino_runner(model, precision)
+            self._run = OpenVINORunner(model, precision)
         else:
             raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
-        self.config, self.batch, self.thresholds = info.config, info.batch, info.thresholds
+        self.config, self.batch, self.thresholds, self.quantization = (info.config, info.batch, info.thresholds,
+                                                                       info.quantization)
 
     def predict(self, images) -> Prediction:
         """Scores (B,) and maps (B, S, S), float32 tensors, for normalised images (B, 3, S, S)."""
@@ -320,8 +344,4 @@ class Inferencer:
 
     def from_files(self, paths) -> Prediction:
         """Read image files or folders (as ``sacd-fast predict`` does) and predict them."""
-        from sacd_fast.data.datasets import ImageFiles  # noqa: PLC0415
-
-        images = ImageFiles(paths, self.config.image_size)
-        images.check(progress=False)
-        return self.predict(normalize(torch.stack([images[i]["image"] for i in range(len(images))])))
+        return self.predict(normalize(read_images(paths, self.config.image_size)))

@@ -160,8 +160,9 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.padding):
             return super().forward(x)
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+        pads = []  # Python integers, so that an exported graph holds them as constants
+        for size, k, s in zip((int(n) for n in reversed(x.shape[-2:])), reversed(self.kernel_size),
+                              reversed(self.stride)):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

@@ -7,7 +7,8 @@ self-contained: the model the run keeps), and for training runs ``optimizer``,
 ``epoch`` (epochs done), ``settings``, ``history``, ``provenance`` (what the
 run trained on) and, when the epoch kept is not the last, ``last_state_dict``
 (the last epoch's weights, which a resumed run continues from);
-``thresholds`` once calibrated.
+``thresholds`` once calibrated, and ``calibration_images`` (the held-out
+normal images they were calibrated on: ``folder`` and ``files`` in it).
 
 Reading never runs code: ``torch.load(weights_only=True)`` unpickles tensors,
 numbers, strings and containers only, so a checkpoint from an untrusted source
@@ -17,6 +18,7 @@ can at worst hold wrong weights. Non-finite weights or thresholds are refused.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -49,6 +51,7 @@ TRAINING_FIELDS = {
     "precision": (str, "'fp32' or 'bf16'"),
     "history": (list, "a list of epoch records"),
     "provenance": (dict, "a record"),
+    "calibration_images": (dict, "a record of the held-out normal images: folder and files"),
 }
 
 
@@ -89,7 +92,27 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                              "the training diverged or the file was altered")
     if "thresholds" in payload:
         payload["thresholds"] = check_thresholds(payload["thresholds"], path)
+    held_out = payload.get("calibration_images")
+    if held_out is not None and (not isinstance(held_out.get("folder"), str) or not isinstance(
+            held_out.get("files"), list) or not all(isinstance(f, str) for f in held_out["files"])):
+        raise ValueError(f"{path}: field 'calibration_images' must be {TRAINING_FIELDS['calibration_images'][1]}, "
+                         f"got {str(held_out)[:60]!r}")
     return payload
+
+
+def calibration_files(payload: dict, path) -> list[Path]:
+    """The held-out normal images a checkpoint's threshold was calibrated on (``calibration_images``):
+    ValueError where it records none, FileNotFoundError naming the first that is gone."""
+    held_out = payload.get("calibration_images")
+    if not held_out or not held_out["files"]:
+        raise ValueError(f"{path} records no held-out normal images (trained without them, or before they were "
+                         "recorded): name a folder of normal images the model did not train on")
+    files = [Path(held_out["folder"]) / f for f in held_out["files"]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: {len(missing)} of its {len(files)} held-out normal images are gone "
+                                f"(e.g. {missing[0]}): name a folder of normal images the model did not train on")
+    return files
 
 
 def config_mismatch(saved: dict, current: dict) -> list[str]:
