@@ -11,7 +11,8 @@ On a CPU, ``test_deployed`` compares what a CPU deployment can run, at 256²:
 eager fp32 (reference), ``sacd_fast.fast`` (the backend its search keeps, timed
 after the search), ONNX Runtime and OpenVINO in fp32 on the exported
 pipeline, the OpenVINO file alone in bf16 (CPUs with native bf16) and in int8
-(NNCF, calibrated on 8 random images: a speed figure only), and anomalib's
+(NNCF, calibrated on 8 random images: a speed figure only; int8 in the teacher
+and the student side, or the student side alone), and anomalib's
 reverse distillation (random weights) as the peer, skipped when anomalib
 cannot be imported (it needs its own environment: docs/results.md).
 WideResNet-50-2, ResNet-18 and Lite0 at batches 1 and 4.
@@ -108,12 +109,13 @@ DEPLOYED = [] if ON_GPU else [(backbone, 256, batch) for backbone in ("wide_resn
 
 
 def exported_predict(model, provider):
-    """The exported pipeline (any batch) in ONNX Runtime (fp32) or OpenVINO (fp32, bf16 or int8)."""
+    """The exported pipeline (any batch) in ONNX Runtime (fp32) or OpenVINO (fp32, bf16, or int8: the
+    teacher and student side, or with ``int8-student`` the student side alone, as the guard may choose)."""
     runtime, _, precision = provider.partition("-")
     pytest.importorskip(runtime)
     from sacd_fast.cpu import native_bf16
     from sacd_fast.deploy.export import onnx_bytes
-    from sacd_fast.deploy.quantize import FLOAT32_SCOPE, quantize_openvino
+    from sacd_fast.deploy.quantize import SCOPES, quantize_openvino
     from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_model
 
     data = onnx_bytes(model, batch=None)
@@ -129,7 +131,8 @@ def exported_predict(model, provider):
         pytest.importorskip("nncf")
         calibration = torch.randn(8, 3, model.config.image_size, model.config.image_size,
                                   generator=torch.Generator().manual_seed(0))
-        run = OpenVINORunner(quantize_openvino(openvino_model(data), calibration, None, [FLOAT32_SCOPE]), "bf16")
+        scope = list(SCOPES.values())[1 if precision == "int8-student" else 0]
+        run = OpenVINORunner(quantize_openvino(openvino_model(data), calibration, None, scope), "bf16")
     return lambda x: run(x.numpy())
 
 
@@ -149,7 +152,7 @@ def anomalib_predict(backbone, size):
 
 
 @pytest.mark.parametrize("provider", ["reference", "fast", "onnxruntime", "openvino", "openvino-bf16",
-                                      "openvino-int8", "anomalib"])
+                                      "openvino-int8", "openvino-int8-student", "anomalib"])
 @pytest.mark.parametrize("backbone,size,batch", DEPLOYED)
 def test_deployed(timed, benchmark, provider, backbone, size, batch):
     x = torch.randn(batch, 3, size, size)

@@ -433,6 +433,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, forma
     if precision == "int8":
         record = Inferencer(path).quantization
         verdict = "holds" if record["guard"]["passed"] else "FAILS (written with --force)"
+        for before in record["tried_before"]:
+            say(f"int8 in {before['int8']}: the guard fails ({GuardResult.from_dict(before['guard']).describe()})")
         say(f"int8 in {record['int8']}; the guard {verdict}: {GuardResult.from_dict(record['guard']).describe()}")
     say(f"wrote {path} ({format}, {precision}, batch {batch or 'any'}, {size}x{size} images)")
     return path

@@ -88,7 +88,7 @@ def test_compiled_fast_model_pads_small_batches_to_a_compiled_size():
     fast = sacd_fast.fast(model)
     fast.on_cuda = fast.compiled = True  # the CUDA path's batching, run on the CPU
     sizes = []
-    fast._run = lambda x: sizes.append(x.shape[0]) or fast._maps_and_scores(x)
+    fast._run = lambda x: sizes.append(x.shape[0]) or fast._scores_and_maps(x)
     for batch in (4, 2, 4, 6, 3, 5):
         x = torch.randn(batch, 3, 64, 64)
         out = fast.predict(x)

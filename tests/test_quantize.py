@@ -66,8 +66,11 @@ def test_int8_export_round_trip(trained, capsys):
     record = inferencer.quantization
     assert record["precision"] == "int8" and record["int8"] in SCOPES and record["calibration_images"] == 3
     assert "Convolution" in record["int8_operations"] and record["forced"] is True
+    scopes = list(SCOPES)  # the scopes before the one kept were tried, and failed the guard
+    assert [t["int8"] for t in record["tried_before"]] == scopes[:scopes.index(record["int8"])]
+    assert not any(t["guard"]["passed"] for t in record["tried_before"])
     figures = record["guard"]
-    assert figures["images"] == 6 and figures["anomalous"] == 3  # the held-out images and a synthetic anomaly each
+    assert figures["images"] == 15 and figures["anomalous"] == 12  # the held-out images, 4 synthetic anomalies each
     assert figures["passed"] == (abs(figures["auroc_int8"] - figures["auroc_fp32"]) <= GUARD_AUROC
                                  and figures["same_decisions"] >= GUARD_SAME_DECISIONS)
     quantized = ov.Core().read_model(str(out / "model.xml"))

@@ -208,7 +208,7 @@ def gaussian_blur_triton(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def cosine_anomaly_map_triton(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
                               size: Sequence[int], sigma: float = 4.0, mode: str = "add",
                               border: int = 0) -> torch.Tensor:
-    """Triton implementation of :func:`sacd_fast.kernels.reference.cosine_anomaly_map` (float32 out)."""
+    """Triton implementation of :func:`sacd_fast.kernels.anomaly_map.reference.cosine_anomaly_map` (float32 out)."""
     height, width = (int(v) for v in size)
     batch = teacher[0].shape[0]
     scales = []  # (distances, h, w, scale_y, scale_x, edge_y, edge_x) per scale

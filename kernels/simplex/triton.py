@@ -5,7 +5,7 @@
   program per seed: each lane follows one index through the shuffle's 256
   swaps, with no reduction, and the draws' modulo runs in 32 bits.
 * ``_noise_field_kernel``: fractal noise on a (B, C, H, W) grid, as the
-  reference :func:`sacd_fast.kernels.reference.simplex_noise3d`.
+  reference :func:`sacd_fast.kernels.simplex.reference.simplex_noise3d`.
 * ``_copy_mask_kernel`` and ``_patch_noise_kernel``: the synthesis, two
   launches for the whole batch, each placing every image's patch from its
   seed (as ``reference.patch_geometry``). The first copies every image and
@@ -301,7 +301,7 @@ def _draw(state):
 
 @triton.jit
 def _patch_geometry(seed, H, W, lo_h, hi_h, lo_w, hi_w):
-    """(top, left, height, width) as :func:`sacd_fast.kernels.reference.patch_geometry`."""
+    """(top, left, height, width) as :func:`sacd_fast.kernels.simplex.reference.patch_geometry`."""
     state = seed ^ _GEOMETRY_SALT
     state, d_h = _draw(state)
     state, d_w = _draw(state)
@@ -379,7 +379,7 @@ def simplex_permutations_triton(seeds: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def simplex_noise3d_triton(shape, seeds: torch.Tensor, octaves: int = 6, persistence: float = 0.6,
                            frequency: float = 32.0) -> torch.Tensor:
-    """Triton implementation of :func:`sacd_fast.kernels.reference.simplex_noise3d`."""
+    """Triton implementation of :func:`sacd_fast.kernels.simplex.reference.simplex_noise3d`."""
     b, c, h, w = (int(v) for v in shape)
     perm, grad_index = simplex_permutations_triton(seeds)
     out = torch.empty((b, c, h, w), dtype=torch.float32, device=seeds.device)

@@ -133,10 +133,10 @@ class FastSACD(nn.Module):
         self.config = model.config
         self.on_cuda = next(model.parameters()).device.type == "cuda"
         self.autocast_dtype = dtype if self.on_cuda and dtype != torch.float32 else None
-        self.autocast_precision = "fp32" if dtype == torch.float32 else "bf16"
+        self.fp32_only = dtype == torch.float32  # on a CPU: only the fp32 backends are candidates
         self.compiled = self.on_cuda and compile
         self.cuda_graphs = self.compiled and cuda_graphs
-        self._run = self._maps_and_scores
+        self._run = self._scores_and_maps
         self._batch_sizes: set[int] = set()  # the batch sizes compiled so far
         self.cpu_backend: str | None = None  # picked at the first CPU predict
         self.cpu_report: dict[str, dict] = {}
@@ -147,14 +147,14 @@ class FastSACD(nn.Module):
                                                     self.autocast_dtype or torch.float32)
         if self.compiled:
             mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
-            self._run = torch.compile(self._maps_and_scores, mode=mode, dynamic=False)
+            self._run = torch.compile(self._scores_and_maps, mode=mode, dynamic=False)
 
-    def _maps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
             teacher, calibrated = self.model.inference_features(x)
         maps = self.model.anomaly_maps(teacher, calibrated, x.shape[-2:])
-        return maps, maps.flatten(1).amax(1)
+        return maps.flatten(1).amax(1), maps
 
     def decision_scale(self, expected: Prediction) -> float:
         """How far apart scores must be to matter: the calibrated threshold's distance from the median
@@ -174,7 +174,7 @@ class FastSACD(nn.Module):
         threshold = None if self.thresholds is None else self.thresholds["image"]
         best, runs = None, {}
         for name, (precision, build) in _cpu_candidates(self.model, self.calibration, self.thresholds).items():
-            if self.autocast_precision == "fp32" and precision != "fp32":
+            if self.fp32_only and precision != "fp32":
                 continue
             try:
                 run = build()
@@ -220,10 +220,9 @@ class FastSACD(nn.Module):
             self._batch_sizes.add(size)
             if size > batch:
                 x = torch.cat([x, x.new_zeros((size - batch, *x.shape[1:]))])
-        if self.on_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with kernels.triton_in_compiled_graphs():
-            maps, scores = self._run(x)
+            scores, maps = self._run(x)
         if self.cuda_graphs or x.shape[0] > batch:  # graph outputs live in its pool until the next replay
             maps, scores = maps[:batch].clone(), scores[:batch].clone()
         return Prediction(scores=scores, maps=maps)
