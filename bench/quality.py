@@ -37,7 +37,7 @@ from sacd_fast import commands
 from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.evaluation.metrics import evaluate
 from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
-from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS, TEACHER_SCALES
+from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
 from sacd_fast.network.model import SACD, normalize
 from sacd_fast.training.settings import PRECISIONS
 
@@ -86,14 +86,12 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
 
 def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
          seed: int = 0, teacher_input: str = "native", map_mode: str | None = None,
-         map_border: int | None = None, precision: str | None = None, time_budget: float | None = None,
-         teacher_scale: str = "none") -> dict:
+         map_border: int | None = None, precision: str | None = None, time_budget: float | None = None) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
     options = dict(category=category, backbone=backbone, image_size=image_size, batch_size=batch_size, seed=seed,
-                   teacher_input=teacher_input, map_mode=map_mode, map_border=map_border,
-                   teacher_scale=teacher_scale, device="cpu",
+                   teacher_input=teacher_input, map_mode=map_mode, map_border=map_border, device="cpu",
                    progress=False, time_budget=time_budget, **({"precision": precision} if precision else {}))
     trained = commands.train(root, out, **options, **({"epochs": epochs} if epochs else {}))
     report = commands.evaluate(out / "model.pt", root, out / "eval", category=category, batch_size=batch_size,
@@ -136,8 +134,6 @@ def main() -> None:
                         help="how SACD combines its per-scale maps (default: sacd-fast train's)")
     parser.add_argument("--map-border", type=int, default=None,
                         help="SACD's map border cells read from inside (default: sacd-fast train's)")
-    parser.add_argument("--teacher-scale", default="none", choices=TEACHER_SCALES,
-                        help="how SACD scales the teacher's channels (see sacd-fast train --help)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="SACD's training precision (default: sacd-fast train's)")
     parser.add_argument("--skip-baseline", action="store_true", help="run SACD only")
@@ -157,8 +153,7 @@ def main() -> None:
             rows.append({"category": category, "method": "sacd",
                          **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
                                 args.batch_size, args.seed, teacher_input=args.teacher_input, map_mode=args.map_mode,
-                                map_border=args.map_border, precision=args.precision, time_budget=budget,
-                                teacher_scale=args.teacher_scale)})
+                                map_border=args.map_border, precision=args.precision, time_budget=budget)})
             rows += [baseline] if baseline else []
             print(format_table(rows[-2:] if baseline else rows[-1:]), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, " \

@@ -103,7 +103,7 @@ def test_training_epoch(timed, product, provider, backbone, monkeypatch):
             if isinstance(module, Conv2dSame):
                 module.padding = (0, 0)
     dataset = AnomalyDataset(product, "disc", "train", 256, cache_mb=1024 if fast else 0)
-    cache = TeacherCache(model.teacher, 4096 if fast else 0, model.teacher_scale)
+    cache = TeacherCache(model.teacher, 4096 if fast else 0)
     if fast:
         model.to(memory_format=torch.channels_last)
     batches = epoch_batches(list(range(len(dataset))), BATCH, None)

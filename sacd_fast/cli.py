@@ -20,7 +20,7 @@ import signal
 import sys
 
 from sacd_fast import __version__
-from sacd_fast.network.config import BACKBONES, MAP_MODES, TEACHER_INPUTS, TEACHER_SCALES
+from sacd_fast.network.config import BACKBONES, MAP_MODES, TEACHER_INPUTS
 from sacd_fast.training.settings import DEFAULT_FALSE_ALARM_RATE, PRECISIONS
 
 
@@ -86,9 +86,6 @@ def _add_train(subparsers) -> None:
                    help="rows and columns at each edge of every scale's anomaly map that take the value of the "
                         "nearest cell inside (the teacher's padding makes the edge cells unreliable); default 1 "
                         "for the efficientnet_lite backbones, 0 (the paper's) for the ResNets")
-    p.add_argument("--teacher-scale", default="none", choices=TEACHER_SCALES,
-                   help="none: distil the teacher's features as they are (the paper's); channel: divide each "
-                        "channel by its root mean square over the training images, measured when training starts")
     p.add_argument("--epochs", type=int, default=200,
                    help="training epochs (the one with the lowest loss on the held-out images is kept)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -116,7 +113,7 @@ def _add_train(subparsers) -> None:
         image_size=a.image_size, batch_size=a.batch_size, seed=a.seed, val_fraction=a.val_fraction,
         workers=a.workers, false_alarm_rate=a.false_alarm_rate, device=a.device, precision=a.precision,
         teacher_input=a.teacher_input, map_mode=a.map_mode, map_border=a.map_border, time_budget=a.time_budget,
-        patience=a.patience, teacher_scale=a.teacher_scale))
+        patience=a.patience))
 
 
 def _add_eval(subparsers) -> None:

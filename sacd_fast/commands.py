@@ -35,7 +35,7 @@ from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inpu
                                           write_heatmaps, write_json)
 from sacd_fast.evaluation.report import write_report
 from sacd_fast.files import exclusive_folder, require_file, write_text
-from sacd_fast.network.config import MAP_MODES, MAX_IMAGE_SIZE, TEACHER_INPUTS, TEACHER_SCALES
+from sacd_fast.network.config import MAP_MODES, MAX_IMAGE_SIZE, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profiling import PARTS, anomaly_map_flops, profile
 from sacd_fast.training.checkpoint import calibration_files, load_checkpoint
@@ -147,7 +147,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, device: str = "auto", precision: str = "bf16",
           progress: bool = True, teacher_input: str = "native", map_mode: str | None = None,
           map_border: int | None = None, time_budget: float | None = None,
-          patience: int | None = None, teacher_scale: str = "none") -> dict | None:
+          patience: int | None = None) -> dict | None:
     """Train one model on a product's defect-free images and calibrate its threshold.
 
     Writes ``out/model.pt`` after every epoch (an interrupted run resumes where
@@ -160,7 +160,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
     would, at the last epoch's pace, end past them (``fit``'s ``time_budget``;
     at most ``epochs`` run). ``patience``: end training once that many epochs
     in a row have not lowered the held-out loss (``fit``'s ``patience``).
-    ``teacher_scale``: "channel" or "none" (:class:`SACDConfig`).
     Returns the checkpoint's thresholds and history (None on the other ranks).
     """
     if time_budget is not None:
@@ -180,8 +179,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         raise ValueError(f"map-mode must be one of {', '.join(MAP_MODES)}, got {map_mode!r}")
     if map_border is not None:
         check_setting("map-border", map_border, 0, integer=True)
-    if teacher_scale not in TEACHER_SCALES:
-        raise ValueError(f"teacher-scale must be one of {', '.join(TEACHER_SCALES)}, got {teacher_scale!r}")
     device = check_run(epochs, image_size, batch_size, seed, device, precision)  # before the data are read
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun started several processes
     if launched:
@@ -190,27 +187,25 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, category: str | No
         dataset = AnomalyDataset(data, category, "train", image_size, cache_mb=CACHE_MB)
         train_idx, val_idx = split_validation(len(dataset), val_fraction, seed)
         check_false_alarm_rate(false_alarm_rate, len(val_idx or train_idx))
+        run = (dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, epochs, image_size,
+               batch_size, seed, (train_idx, val_idx), workers, false_alarm_rate, device, precision)
         if process_rank() != 0:
-            _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border, teacher_scale,
-                   epochs, image_size, batch_size, seed, (train_idx, val_idx), workers, false_alarm_rate, device,
-                   precision, progress=False, time_budget=time_budget, patience=patience)
+            _train(*run, progress=False, time_budget=time_budget, patience=patience)
             return None
         with exclusive_folder(out, "sacd-fast train"):
-            return _train(dataset, Path(out), backbone, teacher_weights, teacher_input, map_mode, map_border,
-                          teacher_scale, epochs, image_size, batch_size, seed, (train_idx, val_idx), workers,
-                          false_alarm_rate, device, precision, progress, time_budget, patience)
+            return _train(*run, progress=progress, time_budget=time_budget, patience=patience)
     finally:
         if launched:
             dist.destroy_process_group()
 
 
 def _train(dataset: AnomalyDataset, out: Path, backbone, teacher_weights, teacher_input, map_mode, map_border,
-           teacher_scale, epochs, image_size, batch_size, seed, split, workers, false_alarm_rate, device,
+           epochs, image_size, batch_size, seed, split, workers, false_alarm_rate, device,
            precision, progress, time_budget, patience) -> dict | None:
     torch.manual_seed(seed)
     # the teacher's weights (a download, or a file) are found before the images are checked
     model = SACD(backbone, teacher_weights=teacher_weights, image_size=image_size, teacher_input=teacher_input,
-                 map_mode=map_mode, map_border=map_border, teacher_scale=teacher_scale)
+                 map_mode=map_mode, map_border=map_border)
     dataset.check(progress)
     if precision == "bf16" and device.type != "cuda" and process_rank() == 0:
         say("training under bf16 autocast (this CPU has native bf16)" if computed_precision(precision, device) == "bf16"

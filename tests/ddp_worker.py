@@ -36,7 +36,7 @@ def main(out, mode=None):
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = SACD("resnet18", teacher_weights=None, image_size=64, teacher_scale="channel")
+        model = SACD("resnet18", teacher_weights=None, image_size=64)
     data = Images()
     budget = None if mode != "budget" else 1e-3 if rank == 0 else 1e6
     history = fit(model, data, TrainSettings(epochs=2, batch_size=2), checkpoint=os.path.join(out, "model.pt"),

@@ -25,10 +25,7 @@ def test_ddp_replicas_stay_identical_and_split_the_data(tmp_path):
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for name, tensor in states[0].items():
         assert torch.equal(tensor, states[1][name]), name
-    assert not torch.equal(states[0]["teacher_scale.rms0"], torch.ones(64))  # measured, and rank 1 holds it too
     reads = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert sorted(reads[0]["read"][:10]) == list(range(10))  # rank 0 measured the channels on every image
-    reads[0]["read"] = reads[0]["read"][10:]
     for epoch in range(2):  # each epoch: the two ranks read disjoint halves of the 10 images
         halves = [set(r["read"][epoch * 5:(epoch + 1) * 5]) for r in reads]
         assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 10

@@ -222,39 +222,12 @@ def test_image_size_must_be_a_multiple_of_32():
         random_teacher_model("vgg16", 64)
 
 
-def test_channel_scale_is_each_channels_root_mean_square_floored_at_a_share_of_its_stages_mean():
-    from sacd_fast.network.model import RMS_FLOOR
-
-    model = random_teacher_model("resnet18", 64, teacher_scale="channel")
-    assert SACDConfig.from_dict(model.config.to_dict()) == model.config
-    for divisor in model.teacher_scale.divisors():
-        divisor.fill_(float("nan"))  # poisoned: every value must be measured
-    batches = [torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    model.measure_teacher_scale(model.teacher(x) for x in batches)
-    model64 = model.double()
-    with torch.no_grad():
-        raw = [torch.cat(f) for f in zip(*(model64.teacher(x.double()) for x in batches))]
-    floored = 0
-    scaled = [torch.cat(f) for f in zip(*(model64.teacher_features(x.double()) for x in batches))]
-    for divisor, f, g in zip(model.teacher_scale.divisors(), raw, scaled):
-        rms = f.pow(2).mean(dim=(0, 2, 3)).sqrt()
-        floor = RMS_FLOOR * rms.mean()
-        torch.testing.assert_close(divisor, rms.clamp_min(floor), rtol=1e-5, atol=0)  # measured in float32
-        kept = rms >= floor  # those channels now have unit root mean square on the training images
-        torch.testing.assert_close(g.pow(2).mean(dim=(0, 2, 3)).sqrt()[kept], torch.ones_like(rms[kept]), rtol=1e-5,
-                                   atol=0)
-        floored += int((~kept).sum())
-    assert floored > 0  # the random teacher has silent channels: the floor was exercised
-
-
-def test_teacher_scale_is_checked_and_absent_unless_asked_for():
-    assert SACDConfig("efficientnet_lite0").teacher_scale == SACDConfig("resnet18").teacher_scale == "none"
-    assert SACDConfig.from_dict({"backbone": "efficientnet_lite0"}).teacher_scale == "none"
-    with pytest.raises(ValueError, match="teacher_scale"):
-        SACDConfig("resnet18", teacher_scale="image")
+def test_the_retired_teacher_scale_loads_where_it_was_none_and_is_refused_where_it_was_channel():
+    """Checkpoints and exported files written while the option existed store ``teacher_scale``."""
+    assert SACDConfig.from_dict({"backbone": "resnet18", "teacher_scale": "none"}) == \
+        SACDConfig.from_dict({"backbone": "resnet18"})
+    with pytest.raises(ValueError, match="model.pt: teacher_scale 'channel'.*train it again"):
+        SACDConfig.from_dict({"backbone": "resnet18", "teacher_scale": "channel"}, "model.pt")
+    assert "teacher_scale" not in SACDConfig("resnet18").to_dict()
     model = random_teacher_model("resnet18", 64)
-    assert model.teacher_scale is None and not any(k.startswith("teacher_scale") for k in model.state_dict())
-    with pytest.raises(ValueError, match="teacher_scale is 'none'"):
-        model.measure_teacher_scale([model.teacher(torch.randn(1, 3, 64, 64))])
-    with pytest.raises(ValueError, match="no training images"):
-        random_teacher_model("resnet18", 64, teacher_scale="channel").measure_teacher_scale([])
+    assert not any(k.startswith("teacher_scale") for k in model.state_dict())

@@ -586,7 +586,6 @@ def with_option(argv: list, option: str, value) -> list:
     ({"--teacher-weights": "TEACHER"}, "teacher weights differ"),
     ({"--image-size": "64"}, "image_size"),
     ({"--map-border": "0"}, "map_border: checkpoint 1 != requested 0"),
-    ({"--teacher-scale": "channel"}, "teacher_scale: checkpoint 'none' != requested 'channel'"),
     ({"--backbone": "resnet18", "--teacher-weights": "RESNET"}, "backbone"),
 ])
 def test_resume_refuses_other_data_weights_or_settings(change, text, world, tmp_path, capsys):

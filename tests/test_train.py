@@ -346,23 +346,6 @@ def test_the_teacher_cache_stays_within_its_budget():
         assert torch.equal(a[:2], b)
 
 
-def test_the_teacher_cache_returns_the_models_scaled_teacher_features():
-    from sacd_fast.training.train import TeacherCache
-
-    torch.manual_seed(3)
-    model = random_teacher_model("resnet18", 64, teacher_scale="channel")
-    for divisor in model.teacher_scale.divisors():
-        divisor.uniform_(0.5, 4.0)
-    cache = TeacherCache(model.teacher, 1024, model.teacher_scale)
-    x = torch.rand(3, 3, 64, 64)
-    with torch.no_grad():
-        expected = model.teacher_features(x)
-    for read in ("computed", "cached"):
-        for got, want in zip(cache(x, [0, 1, 2]), expected):
-            assert torch.equal(got, want), read
-    assert sorted(cache.store) == [0, 1, 2]
-
-
 def test_training_loss_falls():
     model = random_teacher_model("resnet18", 64)
     optimizer = build_optimizer(model, TrainSettings())
@@ -410,32 +393,3 @@ def test_a_checkpoint_written_by_version_0_1_0_loads(tmp_path):
     assert float(prediction.maps.double().sum()) == pytest.approx(27251.32675933838, rel=1e-5)
     _, thresholds = load_for_inference(path, "cpu")
     assert thresholds["image"] == load_checkpoint(path)["thresholds"]["image"] > 0
-
-
-def test_the_channel_scale_is_measured_on_the_training_images_once_and_resumed_from_the_checkpoint(tmp_path):
-    def model():
-        torch.manual_seed(11)
-        return random_teacher_model("resnet18", 64, teacher_scale="channel")
-
-    images = Images()
-    expected = model()
-    with torch.no_grad():
-        expected.measure_teacher_scale([expected.teacher(normalize(images.images))])
-    trained = model()
-    teacher_images = []
-    trained.teacher.register_forward_hook(lambda module, args, output: teacher_images.append(args[0].shape[0]))
-    fit(trained, images, TrainSettings(epochs=1, batch_size=3), checkpoint=tmp_path / "m.pt", progress=False)
-    for got, want in zip(trained.teacher_scale.divisors(), expected.teacher_scale.divisors()):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=0)  # other batches, channels_last
-    # the normal images once (measured, then cached for the epoch), their corrupted copies once, and the
-    # held-out images none (fit was given no validation set)
-    assert sum(teacher_images) == 2 * len(images)
-    other = Images()
-    other.images = other.images * 0.5  # a resumed run keeps the scale it was trained with
-    resumed = model()
-    fit(resumed, other, TrainSettings(epochs=2, batch_size=3), checkpoint=tmp_path / "m.pt", progress=False)
-    for got, want in zip(resumed.teacher_scale.divisors(), trained.teacher_scale.divisors()):
-        assert torch.equal(got, want)
-    restored = SACD.from_checkpoint(tmp_path / "m.pt")
-    x = torch.randn(2, 3, 64, 64)
-    assert torch.equal(resumed.predict(x).maps, restored.predict(x).maps)

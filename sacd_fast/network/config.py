@@ -9,11 +9,9 @@ from typing import Literal, get_args
 Backbone = Literal["wide_resnet50_2", "resnet18", "efficientnet_lite0", "efficientnet_lite2"]
 TeacherInput = Literal["imagenet", "native"]
 MapMode = Literal["add", "mul"]
-TeacherScale = Literal["none", "channel"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 TEACHER_INPUTS: tuple[str, ...] = get_args(TeacherInput)
 MAP_MODES: tuple[str, ...] = get_args(MapMode)
-TEACHER_SCALES: tuple[str, ...] = get_args(TeacherScale)
 
 
 # The largest image side a model may take: a WideResNet-50-2 teacher's stride-4 features alone take 1 GB
@@ -67,9 +65,6 @@ class SACDConfig:
         map_border: how many rows and columns at each edge of every scale's distance map
             take the distance of the nearest cell inside them, an integer >= 0;
             None: :func:`default_map_border` of the backbone.
-        teacher_scale: "none" distils the teacher's features as they are (the paper's); "channel"
-            divides each channel by its root mean square over the training images, measured when
-            training starts (docs/method.md, "The teacher's channels").
     """
 
     backbone: Backbone = "wide_resnet50_2"
@@ -81,7 +76,6 @@ class SACDConfig:
     feacali_norm_last: bool = False
     map_mode: MapMode | None = None
     map_border: int | None = None
-    teacher_scale: TeacherScale = "none"
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -94,8 +88,6 @@ class SACDConfig:
             raise ValueError(f"map_mode must be one of {MAP_MODES}, got {self.map_mode!r}")
         if self.teacher_input not in TEACHER_INPUTS:
             raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {self.teacher_input!r}")
-        if self.teacher_scale not in TEACHER_SCALES:
-            raise ValueError(f"teacher_scale must be one of {TEACHER_SCALES}, got {self.teacher_scale!r}")
         size = self.image_size
         if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= MAX_IMAGE_SIZE or size % 32:
             raise ValueError(f"image_size must be a multiple of 32 in [32, {MAX_IMAGE_SIZE}], got {size!r}")
@@ -126,8 +118,15 @@ class SACDConfig:
         "imagenet" (older checkpoints fed every teacher ImageNet-normalised
         input), ``feacali_norm_last`` True (older FeaCali modules normalised
         their last block), ``map_mode`` "add" (their thresholds were calibrated on
-        summed maps), ``map_border`` 0 (their maps used every cell). An unknown key
-        is refused with ValueError naming ``source``."""
+        summed maps), ``map_border`` 0 (their maps used every cell). ``teacher_scale``,
+        an experiment that is no more, is dropped where it was "none" and refused where
+        it was "channel". An unknown key is refused with ValueError naming ``source``."""
+        values = dict(values)
+        if values.get("teacher_scale", "none") != "none":
+            raise ValueError(f"{source}: teacher_scale {values['teacher_scale']!r}: the model was trained with "
+                             "its teacher's channels rescaled, an option this version no longer has (it was not "
+                             "the default; docs/results.md keeps its measurements): train it again")
+        values.pop("teacher_scale", None)
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:

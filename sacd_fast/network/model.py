@@ -2,8 +2,7 @@
 
     normal branch:   x  -> T -> OCBE -> S            gives t_k and s_k
     abnormal branch: x' -> T -> OCBE -> S -> FeaCali gives s'_k calibrated
-    t_k: the teacher's stage outputs, each channel divided by its root mean square over
-         the training images with teacher_scale "channel" (the default "none": as they are)
+    t_k: the teacher's stage outputs
     inference:       a_k = 1 - cos(t_k, FeaCali_k(s_k)) (border cells: their inner neighbour's),
                      upsampled, summed (or multiplied),
                      Gaussian sigma 4; score = max of the map
@@ -22,7 +21,7 @@ from torch import nn
 from sacd_fast import kernels
 from sacd_fast.network.blocks import BasicBlock, Bottleneck
 from sacd_fast.network.bottleneck import OCBE
-from sacd_fast.network.config import Backbone, MapMode, SACDConfig, TeacherInput, TeacherScale
+from sacd_fast.network.config import Backbone, MapMode, SACDConfig, TeacherInput
 from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
@@ -39,26 +38,6 @@ STUDENTS = {
     "efficientnet_lite0": (BasicBlock, 2, (2, 2, 2), 64),
     "efficientnet_lite2": (BasicBlock, 2, (2, 2, 2), 64),
 }
-
-
-# A channel's divisor is at least this share of its stage's mean root mean square, so that a channel
-# (nearly) silent on the training images is not magnified without bound where it wakes on a test image.
-RMS_FLOOR = 0.01
-
-
-class ChannelScale(nn.Module):
-    """Per-channel divisors of the teacher's stage outputs (1 until :meth:`SACD.measure_teacher_scale`)."""
-
-    def __init__(self, channels: tuple[int, ...]):
-        super().__init__()
-        for k, c in enumerate(channels):
-            self.register_buffer(f"rms{k}", torch.ones(c))
-
-    def divisors(self) -> list[torch.Tensor]:
-        return list(self.buffers())
-
-    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [f / d.to(f.dtype).view(1, -1, 1, 1) for f, d in zip(features, self.divisors())]
 
 
 def normalize(x01: torch.Tensor) -> torch.Tensor:
@@ -90,7 +69,7 @@ class SACD(nn.Module):
         backbone: "wide_resnet50_2" (the paper's), "resnet18", "efficientnet_lite0" or "efficientnet_lite2".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
         image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode,
-            map_border, teacher_scale: see :class:`SACDConfig`, which the model keeps as ``config``.
+            map_border: see :class:`SACDConfig`, which the model keeps as ``config``.
 
     Example:
         >>> model = SACD("resnet18", teacher_weights=None, image_size=64)  # doctest: +SKIP
@@ -102,13 +81,11 @@ class SACD(nn.Module):
     def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
                  feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
                  teacher_input: TeacherInput = "native", feacali_norm_last: bool = False,
-                 map_mode: MapMode | None = None, map_border: int | None = None,
-                 teacher_scale: TeacherScale = "none"):
+                 map_mode: MapMode | None = None, map_border: int | None = None):
         super().__init__()
         self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,
-                                          feacali_norm_last, map_mode, map_border, teacher_scale)
+                                          feacali_norm_last, map_mode, map_border)
         self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
-        self.teacher_scale = ChannelScale(self.teacher.channels) if config.teacher_scale == "channel" else None
         block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
         channels = self.teacher.channels
         self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
@@ -149,29 +126,8 @@ class SACD(nn.Module):
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher features t_k: the teacher's stage outputs, scaled per channel (``config.teacher_scale``)."""
-        t = self.teacher(x)
-        return t if self.teacher_scale is None else self.teacher_scale(t)
-
-    @torch.no_grad()
-    def measure_teacher_scale(self, features) -> None:
-        """Set ``teacher_scale`` (config "channel") from the teacher's stage outputs of the training images
-        (``features``: an iterable of :attr:`teacher`'s outputs, one list per batch of ImageNet-normalised
-        images): each channel's root mean square over their pixels, floored at ``RMS_FLOOR`` times its
-        stage's mean."""
-        if self.teacher_scale is None:
-            raise ValueError("this model's teacher_scale is 'none': it has no channel scale to measure")
-        sums, images = None, 0
-        for batch in features:
-            squares = [(f.double() ** 2).mean(dim=(2, 3)).sum(0) for f in batch]
-            sums = squares if sums is None else [a + b for a, b in zip(sums, squares)]
-            images += batch[0].shape[0]
-        if not images:
-            raise ValueError("no training images to measure the teacher's channels on")
-        for divisor, total in zip(self.teacher_scale.divisors(), sums):
-            rms = (total / images).sqrt()
-            floored = rms.clamp_min(RMS_FLOOR * rms.mean()) if rms.mean() > 0 else torch.ones_like(rms)
-            divisor.copy_(floored)
+        """Teacher features t_k: the teacher's stage outputs."""
+        return self.teacher(x)
 
     def encode_decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher features t_k (no grad) and raw student features s_k."""

@@ -123,21 +123,19 @@ def build_optimizer(model: SACD, settings: TrainSettings) -> torch.optim.Adam:
 class TeacherCache:
     """The frozen teacher's stage outputs (``teacher``: :attr:`SACD.teacher`)
     of the normal training images, by dataset index: computed once, reused
-    after (they never change), kept while they fit in ``budget_mb``; calls
-    return them through ``scale`` (the model's channel scale, or None). The
+    after (they never change), kept while they fit in ``budget_mb``. The
     teacher's output for an image does not depend on the rest of its batch on
     a CPU (tested bit for bit), so a cached run learns exactly what a
     recomputing one does; beyond the budget, features are recomputed. Per
     image at 256², fp32: 0.64 MiB for efficientnet_lite0, 1.75 MiB for
     resnet18, 7.0 MiB for wide_resnet50_2 (a quarter at 128²; half in bf16)."""
 
-    def __init__(self, teacher: Callable[[torch.Tensor], list[torch.Tensor]], budget_mb: float,
-                 scale: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None):
-        self.teacher, self.scale, self.budget, self.used = teacher, scale, int(max(budget_mb, 0) * 2**20), 0
+    def __init__(self, teacher: Callable[[torch.Tensor], list[torch.Tensor]], budget_mb: float):
+        self.teacher, self.budget, self.used = teacher, int(max(budget_mb, 0) * 2**20), 0
         self.store: dict[int, list[torch.Tensor]] = {}
 
-    def raw(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
-        """The teacher's unscaled outputs for the normalised batch ``x`` of dataset items ``indices``."""
+    def __call__(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        """The teacher's outputs for the normalised batch ``x`` of dataset items ``indices``."""
         if all(i in self.store for i in indices):
             layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
                 else torch.contiguous_format
@@ -151,10 +149,6 @@ class TeacherCache:
                 self.store[i] = [f[j].clone() for f in features]
                 self.used += size
         return features
-
-    def __call__(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
-        features = self.raw(x, indices)
-        return features if self.scale is None else self.scale(features)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x01: torch.Tensor, seeds: torch.Tensor,
@@ -341,11 +335,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
 
     distributed = in_process_group()
     rank = process_rank()
-    cache = TeacherCache(model.teacher, teacher_cache_mb, model.teacher_scale)
-    if model.teacher_scale is not None and not resuming and rank == 0:  # a resumed run's checkpoint holds it;
-        # the other ranks receive it with rank 0's weights and buffers when DistributedDataParallel wraps the model
-        model.measure_teacher_scale(_teacher_outputs(cache, dataset, settings.batch_size, device, autocast_dtype,
-                                                     num_workers, progress))
+    cache = TeacherCache(model.teacher, teacher_cache_mb)
     step_model = model
     if distributed:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
@@ -399,19 +389,6 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             save_checkpoint({**finished, **extras}, checkpoint)
     model.to(memory_format=torch.contiguous_format).eval()  # as it came: channels_last was for training
     return history
-
-
-def _teacher_outputs(cache: TeacherCache, dataset: Dataset, batch_size: int, device: torch.device,
-                     autocast_dtype: torch.dtype | None, num_workers: int, progress: bool):
-    """The teacher's unscaled outputs of every training image, batch by batch, computed as the training steps
-    compute them (so the cache keeps them for the first epoch)."""
-    batches = epoch_batches(list(range(len(dataset))), batch_size, None)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
-    for indices, batch in zip(batches, tqdm(loader, desc="teacher channels", disable=not progress, leave=False)):
-        x = normalize(images_of(batch).to(device).contiguous(memory_format=torch.channels_last))
-        with autocast(device.type, autocast_dtype):
-            features = cache.raw(x, indices)
-        yield features
 
 
 def _agreed(decision: bool, device: torch.device, distributed: bool) -> bool:
