@@ -114,7 +114,7 @@ def exported_predict(model, provider):
     runtime, _, precision = provider.partition("-")
     pytest.importorskip(runtime)
     from sacd_fast.cpu import native_bf16
-    from sacd_fast.deploy.export import onnx_bytes
+    from sacd_fast.deploy.graph import onnx_bytes
     from sacd_fast.deploy.quantize import SCOPES, quantize_openvino
     from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_model
 

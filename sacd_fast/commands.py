@@ -23,24 +23,37 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
+from sacd_fast.checkpoint import calibration_files, load_checkpoint
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
 from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.deploy.export import Inferencer, export
 from sacd_fast.deploy.fast import CPU_BOUNDS
-from sacd_fast.deploy.inference import (at_threshold, calibrate, evaluate_predictions, load_for_inference,
-                                        predict_dataset, read_images)
+from sacd_fast.deploy.inference import load_for_inference, read_images
 from sacd_fast.deploy.quantize import MAX_CALIBRATION_IMAGES, GuardResult
 from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold, check_false_alarm_rate
-from sacd_fast.evaluation.outputs import (heatmap_names, refuse_overwriting_inputs, score_rows, write_csv,
-                                          write_heatmaps, write_json)
+from sacd_fast.evaluation.outputs import (
+    heatmap_names,
+    refuse_overwriting_inputs,
+    score_rows,
+    write_csv,
+    write_heatmaps,
+    write_json,
+)
 from sacd_fast.evaluation.report import write_report
+from sacd_fast.evaluation.scoring import at_threshold, calibrate, evaluate_predictions, predict_dataset
 from sacd_fast.files import exclusive_folder, require_file, write_text
 from sacd_fast.network.config import MAP_MODES, MAX_IMAGE_SIZE, TEACHER_INPUTS
 from sacd_fast.network.model import SACD
 from sacd_fast.profiling import PARTS, anomaly_map_flops, profile
-from sacd_fast.training.checkpoint import calibration_files, load_checkpoint
-from sacd_fast.training.train import (TrainSettings, check_precision, computed_precision, converged, fit, kept_epoch,
-                                      process_rank)
+from sacd_fast.training.train import (
+    TrainSettings,
+    check_precision,
+    computed_precision,
+    converged,
+    fit,
+    kept_epoch,
+    process_rank,
+)
 
 DEMO_BACKBONE = "efficientnet_lite0"
 CACHE_MB = 2048  # decoded training images kept in memory (a 256² image takes 192 KiB)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
-from sacd_fast.deploy.inference import evaluate_predictions
+from sacd_fast.evaluation.scoring import evaluate_predictions
 
 rng = np.random.default_rng(0)
 

@@ -16,7 +16,8 @@ from sacd_fast import SACD, normalize
 from sacd_fast.cli import main
 from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.data.synthdata import write_dataset
-from sacd_fast.deploy.export import OPERATORS, OPSET, Inferencer, export
+from sacd_fast.deploy.export import Inferencer, export
+from sacd_fast.deploy.graph import OPERATORS, OPSET
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sacd_fast.data.synthdata import write_dataset
-from sacd_fast.training.checkpoint import load_checkpoint
+from sacd_fast.checkpoint import load_checkpoint
 
 QUALITY = Path(__file__).resolve().parent.parent / "bench" / "quality.py"
 

@@ -20,7 +20,7 @@ from sacd_fast.deploy.export import GuardFailed, Inferencer, export
 from sacd_fast.deploy.inference import load_for_inference, read_images
 from sacd_fast.deploy.quantize import GUARD_AUROC, GUARD_SAME_DECISIONS, SCOPES, guard
 from sacd_fast.evaluation.calibration import calibrate_threshold
-from sacd_fast.training.checkpoint import calibration_files, load_checkpoint, save_checkpoint
+from sacd_fast.checkpoint import calibration_files, load_checkpoint, save_checkpoint
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")

@@ -37,7 +37,7 @@ from sacd_fast.cli import main
 from sacd_fast.commands import train as train_command
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
 from sacd_fast.data.synthdata import write_dataset
-from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
 from sacd_fast.training.train import TrainSettings, fit
 
 SIZE = 32

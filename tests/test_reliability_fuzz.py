@@ -29,7 +29,7 @@ from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.deploy.export import METADATA_KEYS
 from sacd_fast.evaluation.calibration import THRESHOLD_FIELDS
 from sacd_fast.network.config import SACDConfig
-from sacd_fast.training.checkpoint import TRAINING_FIELDS, load_checkpoint
+from sacd_fast.checkpoint import TRAINING_FIELDS, load_checkpoint
 
 MISSING = object()
 MUTATIONS = {"nan": math.nan, "inf": math.inf, "string": "text", "list": [1, 2], "huge": 10**30,

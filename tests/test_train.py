@@ -14,7 +14,7 @@ from sacd_fast import SACD, SACDConfig, normalize
 from sacd_fast.cpu import native_bf16
 from sacd_fast.deploy.inference import load_for_inference
 from sacd_fast.training import train as training
-from sacd_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
 from sacd_fast.training.train import TrainSettings, build_optimizer, fit, held_out_losses, kept_epoch, train_step
 
 DATA = Path(__file__).parent / "data"

@@ -43,6 +43,7 @@ from torch import nn
 
 from sacd_fast import kernels
 from sacd_fast.cpu import native_bf16
+from sacd_fast.deploy.graph import onnx_bytes
 from sacd_fast.deploy.quantize import quantize_guarded
 from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_model
 from sacd_fast.network.model import SACD, Prediction
@@ -61,8 +62,6 @@ def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None, thresh
     """name -> (precision, factory of a function images -> (scores, maps)), in the order tried; with
     ``calibration`` (held-out normal images in [0, 1]) an int8 OpenVINO model too, built only where its
     guard (:func:`sacd_fast.deploy.quantize.quantize_guarded`) holds."""
-    from sacd_fast.deploy.export import onnx_bytes  # noqa: PLC0415
-
     exported = {}  # the ONNX graph and its OpenVINO conversion, each made once, when first needed
 
     def graph():

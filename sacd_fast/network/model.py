@@ -26,7 +26,7 @@ from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
 from sacd_fast.network.teacher import build_teacher
-from sacd_fast.training.checkpoint import load_checkpoint, state_mismatch
+from sacd_fast.checkpoint import load_checkpoint, state_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,7 +188,7 @@ class SACD(nn.Module):
     @classmethod
     def from_payload(cls, payload: dict, source) -> "SACD":
         """The model (in eval mode) held by a checkpoint already read with
-        :func:`sacd_fast.training.checkpoint.load_checkpoint` from ``source``."""
+        :func:`sacd_fast.checkpoint.load_checkpoint` from ``source``."""
         config = SACDConfig.from_dict(payload["config"], f"checkpoint {source}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the teacher's weights come from the checkpoint

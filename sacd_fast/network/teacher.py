@@ -32,7 +32,7 @@ from torch import nn
 from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
 from sacd_fast.network.config import TEACHER_INPUTS
 from sacd_fast.files import require_file
-from sacd_fast.training.checkpoint import non_finite_tensors, state_mismatch
+from sacd_fast.checkpoint import non_finite_tensors, state_mismatch
 
 IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
     "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",

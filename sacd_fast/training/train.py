@@ -48,7 +48,7 @@ from sacd_fast.data.synthesis import synthesize
 from sacd_fast.files import remove_stale_temporaries
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import SACD, normalize
-from sacd_fast.training.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
+from sacd_fast.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
 from sacd_fast.training.settings import PRECISIONS, Precision
 
 
