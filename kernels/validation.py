@@ -15,6 +15,8 @@ import operator
 
 import torch
 
+from sacd_fast.network.config import MAP_MODES
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -91,8 +93,8 @@ def check_anomaly_map(teacher, student, size, sigma, mode, border=0
         _fail(op, f"size must be (H, W), got {size}")
     size = (check_int(op, "size[0]", size[0]), check_int(op, "size[1]", size[1]))
     sigma = check_real(op, "sigma", sigma, minimum=0.0)
-    if mode not in ("add", "mul"):
-        _fail(op, f"mode must be 'add' or 'mul', got {mode!r}")
+    if mode not in MAP_MODES:
+        _fail(op, f"mode must be one of {', '.join(map(repr, MAP_MODES))}, got {mode!r}")
     border = check_int(op, "border", border, minimum=0)
     t0 = check_tensor(op, "teacher[0]", teacher[0], dim=4)
     batch, device = t0.shape[0], t0.device
