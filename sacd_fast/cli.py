@@ -154,7 +154,7 @@ def _add_export(subparsers) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--batch", type=int, default=1, help="the batch size the file takes")
     size.add_argument("--dynamic-batch", action="store_true", help="a file that takes any batch size")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),  # deploy.export.FILE_PRECISIONS
                    help="weights and compute; int8: OpenVINO, quantised and guarded (below)")
     p.add_argument("--calibration", metavar="DIR",
                    help="int8: normal images the model did not train on (default: the checkpoint's held-out ones)")

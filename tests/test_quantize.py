@@ -1,5 +1,6 @@
 """int8 deployment: quantised OpenVINO files with an accuracy guard, and int8 as a fast() candidate on a CPU."""
 
+import argparse
 import gc
 import inspect
 import json
@@ -163,3 +164,12 @@ def test_cpu_search_shares_one_core_and_releases_the_losers(trained, monkeypatch
     assert alive == {fast.cpu_backend}
     assert report[fast.cpu_backend]["seconds_after_search"] > 0
     json.dumps(report)  # a plain record
+
+
+def test_the_cli_offers_every_file_precision():
+    """cli.py loads no torch before parsing, so it spells the export precisions out: they must be the API's."""
+    from sacd_fast.cli import build_parser
+    from sacd_fast.deploy.export import FILE_PRECISIONS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert tuple(next(a.choices for a in commands["export"]._actions if a.dest == "precision")) == FILE_PRECISIONS

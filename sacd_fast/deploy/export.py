@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sacd_fast.deploy.graph import FORMAT, PRECISIONS, metadata, onnx_bytes
+from sacd_fast.deploy.graph import FORMAT, GRAPH_PRECISIONS, metadata, onnx_bytes
 from sacd_fast.deploy.inference import load_for_inference, read_images
 from sacd_fast.deploy.quantize import Quantized, quantize_guarded
 from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_core, openvino_model, require
@@ -24,6 +24,7 @@ from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
 
 FORMATS = ("onnx", "openvino")
+FILE_PRECISIONS = (*GRAPH_PRECISIONS, "int8")  # int8: OpenVINO files, quantised from the fp32 graph
 
 
 class GuardFailed(ValueError):
@@ -56,8 +57,8 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if precision not in (*PRECISIONS, "int8"):
-        raise ValueError(f"precision must be one of {(*PRECISIONS, 'int8')}, got {precision!r}")
+    if precision not in FILE_PRECISIONS:
+        raise ValueError(f"precision must be one of {FILE_PRECISIONS}, got {precision!r}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive integer or None (dynamic), got {batch!r}")
     if precision == "int8" and format != "openvino":

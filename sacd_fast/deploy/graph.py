@@ -36,7 +36,7 @@ from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD
 
 OPSET = 18
 FORMAT = "sacd_fast/1"
-PRECISIONS = ("fp32", "fp16")
+GRAPH_PRECISIONS = ("fp32", "fp16")  # what the traced graph computes in (training has its own PRECISIONS)
 # Every operator an exported graph may hold, whatever the backbone, map mode or batch (tested per backbone);
 # Cast only in fp16 files, where the float32 image enters and the features leave for the float32 map.
 OPERATORS = ("Add", "Cast", "Clip", "Concat", "Conv", "ConvTranspose", "Div", "Flatten", "Gather",
@@ -99,8 +99,8 @@ def metadata(model: SACD, thresholds: dict | None, batch: int | None) -> dict[st
 def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thresholds: dict | None = None) -> bytes:
     """The pipeline as a checked ONNX model (fixed ``batch``, or dynamic when None)."""
     onnx = require("onnx")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in GRAPH_PRECISIONS:
+        raise ValueError(f"precision must be one of {GRAPH_PRECISIONS}, got {precision!r}")
     size = model.config.image_size
     dtype = torch.float16 if precision == "fp16" else torch.float32
     pipeline = Pipeline(copy.deepcopy(model).to("cpu", dtype, memory_format=torch.contiguous_format), dtype)
