@@ -13,7 +13,7 @@ import time
 from sacd_fast import files
 from sacd_fast.cli import main
 from sacd_fast.data import synthdata
-from sacd_fast.training import checkpoint
+from sacd_fast import checkpoint
 
 pause = os.environ.get("SACD_TEST_SLOW_WRITE")
 if pause:
