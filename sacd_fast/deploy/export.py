@@ -17,7 +17,14 @@ import torch
 from sacd_fast.deploy.graph import FORMAT, GRAPH_PRECISIONS, metadata, onnx_bytes
 from sacd_fast.deploy.inference import load_for_inference, read_images
 from sacd_fast.deploy.quantize import Quantized, quantize_guarded
-from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_core, openvino_model, require
+from sacd_fast.deploy.runtimes import (
+    ONNXRuntimeRunner,
+    OpenVINORunner,
+    openvino_core,
+    openvino_model,
+    require,
+    run_in_slices,
+)
 from sacd_fast.evaluation.calibration import check_thresholds
 from sacd_fast.files import atomic_write, require_file
 from sacd_fast.network.config import SACDConfig
@@ -161,6 +168,19 @@ def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) 
     return ExportedInfo(config, batch, thresholds, quantization)
 
 
+def read_openvino(path: Path):
+    """An OpenVINO file's model, read but not compiled, and what its checked metadata says."""
+    try:
+        model = openvino_core().read_model(str(path))
+    except Exception as e:
+        raise ValueError(f"{path} is not an OpenVINO model ({type(e).__name__}: {e})") from e
+    entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
+               for k in METADATA_KEYS + OPTIONAL_METADATA_KEYS if model.has_rt_info(["sacd_fast", k])}
+    image = [p for p in model.inputs if "image" in p.get_names()]
+    shape = [d.get_length() if d.is_static else None for d in image[0].get_partial_shape()] if image else []
+    return model, _info(entries, path, shape, [name for o in model.outputs for name in o.get_names()])
+
+
 class Inferencer:
     """One ``predict`` for every format: a ``.pt`` checkpoint, an ``.onnx`` file
     (ONNX Runtime) or an OpenVINO ``.xml``.
@@ -184,7 +204,12 @@ class Inferencer:
         if suffix == ".pt":
             model, self.thresholds = load_for_inference(self.path, device)
             self.config, self.batch, self.quantization = model.config, 0, None
-            self._run = lambda x: model.predict(torch.from_numpy(x).to(device))
+
+            def run(x):
+                out = model.predict(torch.from_numpy(x).to(device))
+                return out.scores.cpu().numpy(), out.maps.cpu().numpy()
+
+            self._run = run
             return
         if suffix == ".onnx":
             onnx = require("onnx")
@@ -198,15 +223,7 @@ class Inferencer:
                          [o.name for o in proto.graph.output])
             self._run = ONNXRuntimeRunner(str(self.path))
         elif suffix == ".xml":
-            try:
-                model = openvino_core().read_model(str(self.path))
-            except Exception as e:
-                raise ValueError(f"{self.path} is not an OpenVINO model ({type(e).__name__}: {e})") from e
-            entries = {f"sacd_fast.{k}": model.get_rt_info(["sacd_fast", k]).astype(str)
-                       for k in METADATA_KEYS + OPTIONAL_METADATA_KEYS if model.has_rt_info(["sacd_fast", k])}
-            image = [p for p in model.inputs if "image" in p.get_names()]
-            shape = [d.get_length() if d.is_static else None for d in image[0].get_partial_shape()] if image else []
-            info = _info(entries, self.path, shape, [name for o in model.outputs for name in o.get_names()])
+            model, info = read_openvino(self.path)
             self._run = OpenVINORunner(model, precision)
         else:
             raise ValueError(f"{self.path}: expected a .pt checkpoint, an .onnx file or an OpenVINO .xml")
@@ -222,20 +239,8 @@ class Inferencer:
             raise ValueError(f"{self.path} takes (B, 3, {s}, {s}) images, got {tuple(x.shape)}")
         if not np.isfinite(x).all():
             raise ValueError("images contain NaN or infinite values")
-        step = self.batch or len(x)
-        scores, maps = [], []
-        for i in range(0, len(x), step):
-            chunk = x[i:i + step]
-            if len(chunk) < step:  # a fixed-batch file: pad the last slice
-                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-            out = self._run(chunk)
-            if isinstance(out, Prediction):
-                out = (out.scores.cpu().numpy(), out.maps.cpu().numpy())
-            n = min(step, len(x) - i)
-            scores.append(np.asarray(out[0])[:n])
-            maps.append(np.asarray(out[1])[:n])
-        return Prediction(scores=torch.from_numpy(np.concatenate(scores)).float(),
-                          maps=torch.from_numpy(np.concatenate(maps)).float())
+        scores, maps = run_in_slices(self._run, x, self.batch or len(x))
+        return Prediction(scores=torch.from_numpy(scores).float(), maps=torch.from_numpy(maps).float())
 
     def from_files(self, paths) -> Prediction:
         """Read image files or folders (as ``sacd-fast predict`` does) and predict them."""

@@ -69,13 +69,16 @@ def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None, thresh
             exported["onnx"] = onnx_bytes(model, batch=None)
         return exported["onnx"]
 
-    def openvino(precision):
+    def converted():
         if "openvino" not in exported:
             exported["openvino"] = openvino_model(graph())
-        return numpy_in(OpenVINORunner(exported["openvino"], precision))
+        return exported["openvino"]
 
-    def int8():
-        quantized = quantize_guarded(openvino_model(graph()), calibration, None, thresholds)
+    def openvino(precision):
+        return numpy_in(OpenVINORunner(converted(), precision))
+
+    def int8():  # NNCF quantises a copy: the fp32 conversion serves the other OpenVINO candidates as it is
+        quantized = quantize_guarded(converted(), calibration, None, thresholds)
         if not quantized.guard.passed:
             raise RuntimeError(f"its accuracy guard fails: {quantized.guard.describe()}")
         return numpy_in(OpenVINORunner(quantized.model, "bf16" if native_bf16() else "f32"))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sacd_fast.data.synthesis import synthesize
-from sacd_fast.deploy.runtimes import OpenVINORunner, require
+from sacd_fast.deploy.runtimes import OpenVINORunner, require, run_in_slices
 from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
 from sacd_fast.evaluation.metrics import image_auroc
 from sacd_fast.network.model import normalize
@@ -134,18 +134,10 @@ def guard_images(normal01: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, n
 
 def scores_of(run, images: torch.Tensor, batch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, maps) of ``run`` (normalised float32 (B, 3, S, S) -> (scores, maps)) on ``images``."""
-    x = images.detach().cpu().float().numpy()
-    step = batch or min(len(x), 8)
-    scores, maps = [], []
-    for i, chunk in enumerate(_batches(x, step)):
-        n = min(step, len(x) - i * step)
-        s, m = run(chunk)
-        scores.append(np.asarray(s)[:n])
-        maps.append(np.asarray(m)[:n])
-    return np.concatenate(scores), np.concatenate(maps)
+    return run_in_slices(run, np.ascontiguousarray(images.detach().cpu().float().numpy()), batch or min(len(images), 8))
 
 
-def int8_thresholds(thresholds: dict | None, normal_scores: np.ndarray, normal_maps: np.ndarray) -> dict:
+def recalibrated_thresholds(thresholds: dict | None, normal_scores: np.ndarray, normal_maps: np.ndarray) -> dict:
     """Thresholds recalibrated on a model's scores of the calibration normals, for the false-alarm rate
     the checkpoint's ``thresholds`` were set for."""
     rate = (thresholds or {}).get("false_alarm_rate", DEFAULT_FALSE_ALARM_RATE)
@@ -194,7 +186,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
     images = normalize(images)
     fp32 = OpenVINORunner(model, "f32")
     fp32_scores, _ = scores_of(fp32, images, batch)
-    threshold = int8_thresholds(thresholds, *scores_of(fp32, calibration, batch))["image"]
+    threshold = recalibrated_thresholds(thresholds, *scores_of(fp32, calibration, batch))["image"]
     del fp32
     result, tried = None, []
     for int8, float32 in SCOPES.items():
@@ -203,7 +195,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
         quantized = quantize_openvino(model, calibration, batch, float32)
         run = OpenVINORunner(quantized, "f32")
         normal_scores, normal_maps = scores_of(run, calibration, batch)
-        recalibrated = int8_thresholds(thresholds, normal_scores, normal_maps)
+        recalibrated = recalibrated_thresholds(thresholds, normal_scores, normal_maps)
         checked = guard(fp32_scores, scores_of(run, images, batch)[0], labels, threshold,
                         recalibrated["image"])
         result = Quantized(quantized, recalibrated, checked, int8, list(tried))

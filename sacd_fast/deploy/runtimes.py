@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -25,6 +26,21 @@ def require(module: str, extra: str = "deploy"):
     except ImportError as e:
         raise ImportError(f"{module} is not installed: pip install \"sacd_fast[{extra}]\" "
                           f"(or pip install {module})") from e
+
+
+def run_in_slices(run, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, maps) of ``run`` (float32 images -> (scores, maps)) over the images ``x``, fed ``step``
+    at a time; a short last slice is padded with zero images (a fixed-batch file takes no other size)."""
+    scores, maps = [], []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        if len(chunk) < step:
+            chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+        s, m = run(chunk)
+        n = min(step, len(x) - i)
+        scores.append(np.asarray(s)[:n])
+        maps.append(np.asarray(m)[:n])
+    return np.concatenate(scores), np.concatenate(maps)
 
 
 @functools.cache
