@@ -159,7 +159,7 @@ def _add_export(subparsers) -> None:
     p.add_argument("--calibration", metavar="DIR",
                    help="int8: normal images the model did not train on (default: the checkpoint's held-out ones)")
     p.add_argument("--guard-data", metavar="DIR", help="int8: a product folder whose test split guards the "
-                   "decisions (default: the calibration images and a synthetic anomaly made from each)")
+                   "decisions (default: the calibration images and 4 synthetic anomalies made from each)")
     p.add_argument("--force", action="store_true", help="int8: write the file even where the guard fails")
     p.set_defaults(run=lambda commands, a: commands.export_model(a.checkpoint, a.out, format=a.format,
                                                        batch=None if a.dynamic_batch else a.batch,

@@ -435,7 +435,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, forma
                          np.array([test.samples[i].label for i in range(len(test))]))
         say(f"quantising to int8 on {len(images)} normal images ("
             f"{calibration if calibration is not None else 'the checkpoint’s held-out images'}), guarded on "
-            f"{guard_data if guard_data is not None else 'them and a synthetic anomaly made from each'}")
+            f"{guard_data if guard_data is not None else 'them and 4 synthetic anomalies made from each'}")
     with exclusive_folder(out, "sacd-fast export"):
         path = export(model, Path(out) / "model", format, batch, precision, thresholds, images, guard_set, force)
     if precision == "int8":

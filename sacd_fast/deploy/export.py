@@ -56,7 +56,8 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
             int8 file carries thresholds recalibrated on its own scores of the calibration images.
         calibration: int8 only: normal images in [0, 1] (N, 3, S, S) the model did not train on.
         guard_set: int8 only: (images in [0, 1], labels 1 = anomalous) to guard decisions on; by default
-            the calibration images and a synthetic anomaly made from each.
+            the calibration images and 4 synthetic anomalies made from each
+            (:func:`sacd_fast.deploy.quantize.guard_images`).
         force: int8 only: write the file even where the guard fails (its record says so).
 
     Raises:

@@ -177,10 +177,10 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
                      guard_set: tuple[torch.Tensor, np.ndarray] | None = None) -> Quantized:
     """Quantise ``model`` (the exported pipeline, OpenVINO fp32) on the normal images ``calibration01``
     ([0, 1], (N, 3, S, S)) with each scope of :data:`SCOPES` in turn, keeping the first whose guard holds
-    (or the last tried). The guard set is ``guard_set`` (images in [0, 1], labels), or the calibration
-    images with a synthetic anomaly made from each. Each model decides at the threshold calibrated on its
-    own scores of the calibration images for the false-alarm rate of ``thresholds``, so that the guard
-    sees what quantisation changes, not a difference between calibration sets."""
+    (or the last tried). The guard set is ``guard_set`` (images in [0, 1], labels), or
+    :func:`guard_images` of the calibration images. Each model decides at the threshold calibrated on
+    its own scores of the calibration images for the false-alarm rate of ``thresholds``, so that the
+    guard sees what quantisation changes, not a difference between calibration sets."""
     calibration = normalize(calibration01)
     images, labels = guard_set if guard_set is not None else guard_images(calibration01)
     images = normalize(images)
