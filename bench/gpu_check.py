@@ -465,7 +465,8 @@ def timings(check: Check) -> bool:
     from sacd_fast import kernels
     from sacd_fast.kernels.feacali import reference as feacali_reference
     from sacd_fast.kernels.feacali import triton as feacali
-    from sacd_fast.training.train import TrainSettings, build_optimizer, train_step
+    from sacd_fast.settings import TrainSettings
+    from sacd_fast.training.train import build_optimizer, train_step
 
     floors = _floors()
     wrn = "wide_resnet50_2"

@@ -28,6 +28,7 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,9 +38,10 @@ from sacd_fast import commands
 from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.evaluation.metrics import evaluate
 from sacd_fast.kernels.anomaly_map.reference import gaussian_blur
-from sacd_fast.network.config import MAP_MODES, TEACHER_INPUTS
+from sacd_fast.network.config import BACKBONE_NAMES, SACDConfig
 from sacd_fast.network.model import SACD, normalize
-from sacd_fast.training.settings import PRECISIONS
+from sacd_fast.options import add_options, from_options
+from sacd_fast.settings import ScoreSettings, TrainSettings
 
 BANK_LIMIT = 65536
 
@@ -52,11 +54,12 @@ def patch_features(model: SACD, x01: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int = 16, seed: int = 0,
-                 teacher_input: str = "native") -> dict:
-    """The patch-kNN detector on one category: metrics and seconds."""
+def knn_baseline(root, category, config: SACDConfig, batch_size: int = 16, seed: int = 0) -> dict:
+    """The patch-kNN detector on one category, on the teacher of ``config``: metrics and seconds."""
     started = time.perf_counter()
-    model = SACD(backbone, teacher_weights="imagenet", image_size=image_size, teacher_input=teacher_input).eval()
+    image_size = config.image_size
+    model = SACD(config.backbone, teacher_weights="imagenet", image_size=image_size,
+                 teacher_input=config.teacher_input).eval()
     train = AnomalyDataset(root, category, "train", image_size)
     test = AnomalyDataset(root, category, "test", image_size)
 
@@ -84,20 +87,16 @@ def knn_baseline(root, category, backbone: str, image_size: int, batch_size: int
     return {**report, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def sacd(root, category, work: Path, backbone: str, image_size: int, epochs: int | None, batch_size: int,
-         seed: int = 0, teacher_input: str = "native", map_mode: str | None = None,
-         map_border: int | None = None, precision: str | None = None, time_budget: float | None = None) -> dict:
+def sacd(root, category, work: Path, config: SACDConfig, settings: TrainSettings) -> dict:
     """``sacd-fast train`` then ``sacd-fast eval`` on one category: metrics, epochs and seconds."""
     started = time.perf_counter()
     out = work / category
-    options = dict(category=category, backbone=backbone, image_size=image_size, batch_size=batch_size, seed=seed,
-                   teacher_input=teacher_input, map_mode=map_mode, map_border=map_border, device="cpu",
-                   progress=False, time_budget=time_budget, **({"precision": precision} if precision else {}))
-    trained = commands.train(root, out, **options, **({"epochs": epochs} if epochs else {}))
-    report = commands.evaluate(out / "model.pt", root, out / "eval", category=category, batch_size=batch_size,
-                               device="cpu", progress=False)
+    trained = commands.train(root, out, config, settings, category=category, progress=False)
+    report = commands.evaluate(out / "model.pt", root, out / "eval",
+                               ScoreSettings(batch_size=settings.batch_size, device=settings.device),
+                               category=category, progress=False)
     return {key: report[key] for key in ("image_auroc", "pixel_auroc", "pro", "f1_max")} | {
-        "epochs": len(trained["history"]), "time_budget": time_budget,
+        "epochs": len(trained["history"]), "time_budget": settings.time_budget,
         "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -118,42 +117,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="MVTec-layout dataset root")
     parser.add_argument("--categories", required=True, help="comma-separated category folders of ROOT")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="teacher of SACD and of the baseline")
-    parser.add_argument("--image-size", type=int, default=256, help="square input side, a multiple of 32")
-    parser.add_argument("--epochs", type=int, default=None, help="SACD epochs (default: sacd-fast train's)")
+    add_options(parser, SACDConfig, only=("backbone", "image_size", "teacher_input", "map_mode", "map_border"),
+                defaults={"backbone": "efficientnet_lite0"}, choices={"backbone": BACKBONE_NAMES})
+    add_options(parser, TrainSettings, only=("epochs", "batch_size", "seed", "precision"))
     parser.add_argument("--time-budget", default=None, metavar="SECONDS|knn",
                         help="seconds of SACD training (at most --epochs), or 'knn': the baseline's whole run")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="SACD's seed (see sacd-fast train --help) and the baseline's memory-bank subset's")
     parser.add_argument("--work", default=None, help="folder for the trained models (default: a temporary one)")
     parser.add_argument("--json", default="quality.json", help="where to write the results")
-    parser.add_argument("--teacher-input", default="native", choices=TEACHER_INPUTS,
-                        help="the teacher's input scaling, for both methods (see sacd-fast train --help)")
-    parser.add_argument("--map-mode", default=None, choices=MAP_MODES,
-                        help="how SACD combines its per-scale maps (default: sacd-fast train's)")
-    parser.add_argument("--map-border", type=int, default=None,
-                        help="SACD's map border cells read from inside (default: sacd-fast train's)")
-    parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="SACD's training precision (default: sacd-fast train's)")
     parser.add_argument("--skip-baseline", action="store_true", help="run SACD only")
     args = parser.parse_args()
     if args.time_budget == "knn" and args.skip_baseline:
         parser.error("--time-budget knn needs the baseline: drop --skip-baseline")
+    config = from_options(SACDConfig, args)  # the teacher of both methods
+    settings = from_options(TrainSettings, args, time_budget=None, device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         for category in args.categories.split(","):
             baseline = None if args.skip_baseline else {
                 "category": category, "method": "knn",
-                **knn_baseline(args.root, category, args.backbone, args.image_size, args.batch_size, args.seed,
-                               teacher_input=args.teacher_input)}
+                **knn_baseline(args.root, category, config, settings.batch_size, settings.seed)}
             budget = baseline["seconds"] if args.time_budget == "knn" else \
                 None if args.time_budget is None else float(args.time_budget)
             rows.append({"category": category, "method": "sacd",
-                         **sacd(args.root, category, work, args.backbone, args.image_size, args.epochs,
-                                args.batch_size, args.seed, teacher_input=args.teacher_input, map_mode=args.map_mode,
-                                map_border=args.map_border, precision=args.precision, time_budget=budget)})
+                         **sacd(args.root, category, work, config, replace(settings, time_budget=budget))})
             rows += [baseline] if baseline else []
             print(format_table(rows[-2:] if baseline else rows[-1:]), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, " \

@@ -9,9 +9,9 @@ import torch
 from table import DEVICE, ON_GPU
 
 from sacd_fast.kernels.anomaly_map import reference
+from sacd_fast.kernels.report import SCALES
 
-SHAPES = {"wide_resnet50_2": [(256, 64, 64), (512, 32, 32), (1024, 16, 16)],
-          "efficientnet_lite0": [(24, 64, 64), (40, 32, 32), (112, 16, 16)]}
+SHAPES = {backbone: [(c, s, s) for c, s in scales] for backbone, scales in SCALES.items()}
 BATCHES = [1, 32] if ON_GPU else [1, 4]
 SIZE = 256
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from table import DEVICE, ON_GPU
 
+from sacd_fast.backbones import BACKBONES
 from sacd_fast.kernels.feacali import reference
 from sacd_fast.network.feacali import FeaCali
 
-SCALES = [(256, 64), (512, 32), (1024, 16)] if ON_GPU else [(64, 16), (128, 8), (256, 4)]
+SCALES = BACKBONES["wide_resnet50_2"].feature_shapes(256) if ON_GPU else BACKBONES["resnet18"].feature_shapes(64)
 BATCHES = [1, 32] if ON_GPU else [1, 4]
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 

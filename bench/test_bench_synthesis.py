@@ -14,7 +14,8 @@ from sacd_fast import SACD
 from sacd_fast.data.synthesis import patch_bounds
 from sacd_fast.kernels.simplex import reference
 from sacd_fast.training import train
-from sacd_fast.training.train import TrainSettings, build_optimizer
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import build_optimizer
 
 PATCH = (3, 31, 31)  # one training image's noise patch at 256²
 BATCH = 16

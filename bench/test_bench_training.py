@@ -8,7 +8,7 @@ on every patch's whole bounding grid with permutation tables built in 256
 rounds of tensor ops. ``fast`` is what ``fit`` does now: decoded
 images kept in memory, channels_last, and the normal images' teacher features
 computed once and reused (one teacher pass per step). ``fast_bf16`` adds
-bf16 autocast (``fit(precision="bf16")``: on CUDA, or on a CPU with native bf16).
+bf16 autocast (``TrainSettings(precision="bf16")``: on CUDA, or on a CPU with native bf16).
 All run on the same
 images, warmed up by an epoch, side by side in one run. CPU: Lite0 and
 ResNet-18 at 256², batch 8; GPU: WideResNet-50-2 at 256², batch 16."""
@@ -28,7 +28,8 @@ from sacd_fast.data.datasets import AnomalyDataset
 from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.kernels.simplex import reference
 from sacd_fast.network.teacher import Conv2dSame
-from sacd_fast.training.train import TeacherCache, TrainSettings, build_optimizer, epoch_batches, train_step
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import TeacherCache, build_optimizer, epoch_batches, train_step
 
 CASES = ["wide_resnet50_2"] if ON_GPU else ["efficientnet_lite0", "efficientnet_lite2", "resnet18"]
 BATCH = 16 if ON_GPU else 8

@@ -9,6 +9,9 @@ import importlib
 _EXPORTS = {
     "SACD": "sacd_fast.network.model",
     "SACDConfig": "sacd_fast.network.config",
+    "Thresholds": "sacd_fast.evaluation.calibration",
+    "TrainSettings": "sacd_fast.settings",
+    "fit": "sacd_fast.training.train",
     "FastSACD": "sacd_fast.deploy.fast",
     "Inferencer": "sacd_fast.deploy.export",
     "Prediction": "sacd_fast.network.model",

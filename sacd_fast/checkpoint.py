@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read with checks that name what is wrong.
 
 A checkpoint is a dict saved with ``torch.save``:
-``format`` ("sacd_fast/1"), ``config`` (the SACD constructor arguments),
+``format`` (:data:`FORMAT`, "sacd_fast/2"), ``config`` (:class:`SACDConfig`'s fields),
 ``state_dict`` (all weights, the frozen teacher's included, so a checkpoint is
 self-contained: the model the run keeps), and for training runs ``optimizer``,
 ``epoch`` (epochs done), ``settings``, ``history``, ``provenance`` (what the
@@ -13,6 +13,8 @@ normal images they were calibrated on: ``folder`` and ``files`` in it).
 Reading never runs code: ``torch.load(weights_only=True)`` unpickles tensors,
 numbers, strings and containers only, so a checkpoint from an untrusted source
 can at worst hold wrong weights. Non-finite weights or thresholds are refused.
+A checkpoint of an earlier format is read through :func:`migrate`, the one
+place that knows how earlier versions differ.
 """
 
 from __future__ import annotations
@@ -22,12 +24,50 @@ from pathlib import Path
 
 import torch
 
-from sacd_fast.evaluation.calibration import check_thresholds
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.files import atomic_write, require_file
 from sacd_fast.network.config import SACDConfig
-from sacd_fast.training.settings import PRECISIONS
+from sacd_fast.settings import PRECISIONS
 
-FORMAT = "sacd_fast/1"
+FORMAT = "sacd_fast/2"
+READABLE = ("sacd_fast/1", FORMAT)  # every format this version reads, oldest first
+
+# The config keys added while format 1 was written, and the value that reproduces how a checkpoint
+# or exported file without them was trained: every teacher was fed ImageNet-normalised input,
+# FeaCali normalised its last block, the maps were summed over every cell.
+FORMAT_1_CONFIG = {"teacher_input": "imagenet", "feacali_norm_last": True, "map_mode": "add", "map_border": 0}
+
+
+def migrate_config(values: dict, source: object = "config") -> dict:
+    """A format-1 config record as format 2 writes it: the keys it predates take the values it was trained
+    with (:data:`FORMAT_1_CONFIG`); ``teacher_scale``, an experiment that is no more, is dropped where it
+    was "none" and refused where it was "channel" (ValueError naming ``source``)."""
+    values = dict(values)
+    if values.get("teacher_scale", "none") != "none":
+        raise ValueError(f"{source}: teacher_scale {values['teacher_scale']!r}: the model was trained with "
+                         "its teacher's channels rescaled, an option this version no longer has (it was not "
+                         "the default; docs/results.md keeps its measurements): train it again")
+    values.pop("teacher_scale", None)
+    return {**FORMAT_1_CONFIG, **values}
+
+
+def migrate_thresholds(values):
+    """A format-1 threshold record as format 2 writes it: one written before false-alarm calibration (the
+    highest held-out score, no median) gets the two fields it predates."""
+    if isinstance(values, dict) and values and "score_median" not in values:
+        return {"score_median": values.get("normal_level"), "method": "maximum of the held-out scores", **values}
+    return values
+
+
+def migrate(payload: dict, source: object = "checkpoint") -> dict:
+    """``payload`` (a checkpoint of any format in :data:`READABLE`) as the current format holds it."""
+    if payload.get("format") == "sacd_fast/1":
+        payload = {**payload, "format": FORMAT}
+        if isinstance(payload.get("config"), dict):
+            payload["config"] = migrate_config(payload["config"], f"{source}: config")
+        if "thresholds" in payload:
+            payload["thresholds"] = migrate_thresholds(payload["thresholds"])
+    return payload
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
@@ -56,18 +96,19 @@ TRAINING_FIELDS = {
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a sacd_fast checkpoint, every field checked (its config by
-    :class:`SACDConfig`, its thresholds by :func:`check_thresholds`, which also
-    fills the fields older checkpoints lack); FileNotFoundError or ValueError
-    naming the file and the field."""
+    """Read a sacd_fast checkpoint of any format this version reads (:func:`migrate`), every field checked
+    (its config by :class:`SACDConfig`, its thresholds by :meth:`Thresholds.from_dict`); FileNotFoundError or
+    ValueError naming the file and the field."""
     path = require_file(path, "checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a sacd_fast checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise ValueError(f"{path} is not a sacd_fast checkpoint (format {found!r}, expected one of "
+                         f"{', '.join(map(repr, READABLE))})")
+    payload = migrate(payload, path)
     for key in ("config", "state_dict"):
         if not isinstance(payload.get(key), dict):
             raise ValueError(f"{path}: field {key!r} is {'missing' if key not in payload else 'not a record'}")
@@ -91,7 +132,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             raise ValueError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
                              "the training diverged or the file was altered")
     if "thresholds" in payload:
-        payload["thresholds"] = check_thresholds(payload["thresholds"], path)
+        Thresholds.from_dict(payload["thresholds"], path)
     held_out = payload.get("calibration_images")
     if held_out is not None and (not isinstance(held_out.get("folder"), str) or not isinstance(
             held_out.get("files"), list) or not all(isinstance(f, str) for f in held_out["files"])):

@@ -2,8 +2,8 @@
 gloo backend and writes each rank's weights and the images it read. With a
 second argument, "budget", rank 0 trains with a time budget too short for a
 second epoch and the other ranks with one that fits many: rank 0's decision
-must end the run on every rank. The model scales the teacher's channels:
-rank 0 measures them (reading every image once first) for all ranks."""
+must end the run on every rank. Rank 0 then calibrates the threshold on the
+training images (after the epochs' reads)."""
 
 import json
 import os
@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from sacd_fast import SACD
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import fit
 
 
 class Images(torch.utils.data.Dataset):
@@ -39,8 +40,8 @@ def main(out, mode=None):
         model = SACD("resnet18", teacher_weights=None, image_size=64)
     data = Images()
     budget = None if mode != "budget" else 1e-3 if rank == 0 else 1e6
-    history = fit(model, data, TrainSettings(epochs=2, batch_size=2), checkpoint=os.path.join(out, "model.pt"),
-                  progress=False, time_budget=budget)
+    history = fit(model, data, TrainSettings(epochs=2, batch_size=2, time_budget=budget),
+                  checkpoint=os.path.join(out, "model.pt"), progress=False)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"read": data.read, "history": history}, f)

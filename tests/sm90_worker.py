@@ -27,7 +27,7 @@ from sacd_fast.kernels.report import SCALES
 from sacd_fast.kernels.simplex import triton as simplex
 from sacd_fast.kernels.sm90 import check_not_interpreted, compile_variants
 
-WRN_SCALES = [(256, 64), (512, 32), (1024, 16)]
+WRN_SCALES = SCALES["wide_resnet50_2"]
 
 
 def features(dtype, channels_last, scales, batch=2):

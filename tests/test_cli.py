@@ -61,6 +61,7 @@ def test_train_eval_predict(small_data, tmp_path, capsys):
     assert height > 256 and width > 3 * 256  # the images' own 256x256, a caption and a colour bar
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("<figure>") == len(rows) and page.count("<svg") == 2 and "data:image/png;base64" in page
+    assert page.count('<a href="heatmaps/') == len(rows)  # each thumbnail links to its full-size heatmap
 
     images = small_data / "disc" / "test" / "scratch"
     single = small_data / "disc" / "test" / "good" / "000.png"

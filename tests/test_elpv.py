@@ -12,7 +12,8 @@ import torch
 
 from sacd_fast import SACD, normalize
 from sacd_fast.evaluation.metrics import image_auroc
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import fit
 
 SIZE, TRAIN, TEST_NORMAL, TEST_DEFECT, EPOCHS = 128, 240, 120, 120, 15
 AUROC_FLOOR = 0.70

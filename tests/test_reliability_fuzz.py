@@ -30,6 +30,7 @@ from sacd_fast.deploy.export import METADATA_KEYS
 from sacd_fast.evaluation.calibration import THRESHOLD_FIELDS
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.checkpoint import TRAINING_FIELDS, load_checkpoint
+from sacd_fast.settings import ExportSettings, TrainSettings
 
 MISSING = object()
 MUTATIONS = {"nan": math.nan, "inf": math.inf, "string": "text", "list": [1, 2], "huge": 10**30,
@@ -45,11 +46,11 @@ EXPORT_FIELDS = ([f"sacd_fast.{key}" for key in METADATA_KEYS] + [f"sacd_fast.{f
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     write_dataset(root / "data", "disc", seed=6, n_train=12, n_test_good=2, n_per_defect=0, progress=False)
-    train_command(root / "data", root / "run", category="disc", backbone="efficientnet_lite0", epochs=1,
-                  image_size=32, batch_size=4, device="cpu", progress=False)
+    train_command(root / "data", root / "run", SACDConfig("efficientnet_lite0", 32),
+                  TrainSettings(epochs=1, batch_size=4, device="cpu"), category="disc", progress=False)
     checkpoint = root / "run" / "model.pt"
-    onnx = export_model(checkpoint, root / "onnx", format="onnx")
-    xml = export_model(checkpoint, root / "openvino", format="openvino")
+    onnx = export_model(checkpoint, root / "onnx", ExportSettings(format="onnx"))
+    xml = export_model(checkpoint, root / "openvino", ExportSettings(format="openvino"))
     return SimpleNamespace(root=root, checkpoint=checkpoint, onnx=onnx, xml=xml,
                            images=root / "data" / "disc" / "test" / "good")
 

@@ -3,6 +3,7 @@
 import gzip
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from sacd_fast.cpu import native_bf16
 from sacd_fast.deploy.inference import load_for_inference
 from sacd_fast.training import train as training
 from sacd_fast.checkpoint import load_checkpoint, save_checkpoint
-from sacd_fast.training.train import TrainSettings, build_optimizer, fit, held_out_losses, kept_epoch, train_step
+from sacd_fast.settings import TrainSettings
+from sacd_fast.training.train import build_optimizer, fit, held_out_losses, kept_epoch, train_step
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,20 +78,19 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_resume_refuses_another_precision_and_records_the_one_computed_in(tmp_path, monkeypatch):
     """The checkpoint records what the run computed in: "bf16" only where bf16
     autocast ran (native bf16, here made so); a resume in the other is refused."""
-    settings = TrainSettings(epochs=1, batch_size=4)
+    settings = TrainSettings(epochs=1, batch_size=4, precision="bf16")
     monkeypatch.setattr(training, "native_bf16", lambda: False)
-    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "a.pt", progress=False, precision="bf16")
+    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "a.pt", progress=False)
     assert load_checkpoint(tmp_path / "a.pt")["precision"] == "fp32"  # no native bf16: it trained in fp32
     monkeypatch.setattr(training, "native_bf16", lambda: True)
-    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "b.pt", progress=False, precision="bf16")
+    fit(fresh_model(), Images(), settings, checkpoint=tmp_path / "b.pt", progress=False)
     assert load_checkpoint(tmp_path / "b.pt")["precision"] == "bf16"
-    longer = TrainSettings(epochs=2, batch_size=4)
+    longer = TrainSettings(epochs=2, batch_size=4, precision="bf16")
     with pytest.raises(ValueError, match="trained in fp32 and this run computes in bf16"):
-        fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "a.pt", progress=False, precision="bf16")
+        fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "a.pt", progress=False)
     with pytest.raises(ValueError, match="trained in bf16 and this run computes in fp32"):
-        fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "b.pt", progress=False, precision="fp32")
-    assert len(fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "b.pt", progress=False,
-                   precision="bf16")) == 2
+        fit(fresh_model(), Images(), replace(longer, precision="fp32"), checkpoint=tmp_path / "b.pt", progress=False)
+    assert len(fit(fresh_model(), Images(), longer, checkpoint=tmp_path / "b.pt", progress=False)) == 2
 
 
 def test_from_checkpoint_restores_predictions(tmp_path):
@@ -199,16 +200,15 @@ def test_a_time_budget_ends_the_run_at_the_last_epoch_that_fits(tmp_path, monkey
         return scored
 
     scored = ten_second_epochs([0.3, 0.5, 0.4])
-    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4),
-                  finalize=lambda model: {"finalized": True})
+    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4))
     model = fresh_model()
-    history = fit(model, Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=25, **common)
+    history = fit(model, Images(), TrainSettings(epochs=5, batch_size=3, seed=3, time_budget=25), **common)
     assert [h["epoch"] for h in history] == [1, 2] and kept_epoch(history) == 1
     payload = load_checkpoint(tmp_path / "m.pt")
-    assert payload["epoch"] == 2 and payload["settings"]["epochs"] == 2 and payload["finalized"]
+    assert payload["epoch"] == 2 and payload["settings"]["epochs"] == 2 and payload["thresholds"]["image"] > 0
     assert_same_weights(model.state_dict(), scored[0])
 
-    again = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=25, **common)
+    again = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3, time_budget=25), **common)
     assert again == history and len(scored) == 2  # nothing trained or scored
 
     extended = fresh_model()
@@ -220,11 +220,11 @@ def test_a_time_budget_ends_the_run_at_the_last_epoch_that_fits(tmp_path, monkey
     assert_same_weights(extended.state_dict(), straight.state_dict())
 
     ten_second_epochs([0.3])
-    short = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3), time_budget=1,
+    short = fit(fresh_model(), Images(), TrainSettings(epochs=5, batch_size=3, seed=3, time_budget=1),
                 progress=False, validation=Images(n=4))
     assert len(short) == 1  # the first epoch always runs
-    with pytest.raises(ValueError, match="time_budget must be a finite number of seconds > 0"):
-        fit(fresh_model(), Images(), SETTINGS, time_budget=0)
+    with pytest.raises(ValueError, match="time_budget must be > 0 seconds, got 0"):
+        replace(SETTINGS, time_budget=0)
 
 
 def test_patience_ends_the_run_once_the_held_out_loss_stops_falling(tmp_path, monkeypatch):
@@ -235,31 +235,31 @@ def test_patience_ends_the_run_once_the_held_out_loss_stops_falling(tmp_path, mo
     run with patience 3 does."""
     totals = [0.5, 0.3, 0.4, 0.35, 0.2, 0.1]
     settings = TrainSettings(epochs=6, batch_size=3, seed=3)
-    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4),
-                  finalize=lambda model: {"finalized": True})
+    common = dict(checkpoint=tmp_path / "m.pt", progress=False, validation=Images(n=4))
     scored = scripted_held_out_losses(monkeypatch, totals)
     model = fresh_model()
-    history = fit(model, Images(), settings, patience=2, **common)
+    history = fit(model, Images(), replace(settings, patience=2), **common)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and kept_epoch(history) == 2
     payload = load_checkpoint(tmp_path / "m.pt")
-    assert payload["epoch"] == 4 and payload["settings"]["epochs"] == 4 and payload["finalized"]
+    assert payload["epoch"] == 4 and payload["settings"]["epochs"] == 4 and payload["thresholds"]["image"] > 0
     assert_same_weights(model.state_dict(), scored[1])
 
-    assert fit(fresh_model(), Images(), settings, patience=2, **common) == history and len(scored) == 4
+    assert fit(fresh_model(), Images(), replace(settings, patience=2), **common) == history and len(scored) == 4
 
     extended = fresh_model()
     scripted_held_out_losses(monkeypatch, totals[4:])
-    extended_history = fit(extended, Images(), settings, patience=3, **common)
+    extended_history = fit(extended, Images(), replace(settings, patience=3), **common)
     assert [h["epoch"] for h in extended_history] == [1, 2, 3, 4, 5, 6] and kept_epoch(extended_history) == 6
     scripted_held_out_losses(monkeypatch, totals)
     straight = fresh_model()
-    assert fit(straight, Images(), settings, patience=3, progress=False, validation=Images(n=4)) == extended_history
+    assert fit(straight, Images(), replace(settings, patience=3), progress=False,
+               validation=Images(n=4)) == extended_history
     assert_same_weights(extended.state_dict(), straight.state_dict())
 
     with pytest.raises(ValueError, match="patience needs held-out images"):
-        fit(fresh_model(), Images(), SETTINGS, patience=2)
-    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
-        fit(fresh_model(), Images(), SETTINGS, patience=0, validation=Images(n=4))
+        fit(fresh_model(), Images(), replace(SETTINGS, patience=2))
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
+        replace(SETTINGS, patience=0)
 
 
 def test_an_interrupted_run_with_held_out_images_resumes_exactly(tmp_path):
@@ -289,7 +289,7 @@ def test_the_held_out_loss_is_the_eval_mode_loss_on_fixed_synthetic_copies():
     settings = TrainSettings(batch_size=2, seed=4)
     first = held_out_losses(model, images, settings, torch.device("cpu"))
     assert model.training and held_out_losses(model, images, settings, torch.device("cpu")) == first
-    seeds = torch.randint(-(2**62), 2**62, (5,), generator=settings.epoch_generator(0, 2))
+    seeds = torch.randint(-(2**62), 2**62, (5,), generator=training.epoch_generator(settings, 0, 2))
     x01 = images.images
     model.eval()
     with torch.no_grad():
@@ -367,7 +367,7 @@ def test_bf16_training_on_cpu_where_the_cpu_has_it():
     for precision in ("fp32", "bf16"):
         torch.manual_seed(5)
         model = random_teacher_model("resnet18", 64)
-        histories.append(fit(model, data, TrainSettings(epochs=2, batch_size=2), progress=False, precision=precision))
+        histories.append(fit(model, data, TrainSettings(epochs=2, batch_size=2, precision=precision), progress=False))
     if native_bf16():
         assert histories[0] != histories[1]
         assert all(math.isfinite(h["total"]) for h in histories[1])
@@ -392,4 +392,5 @@ def test_a_checkpoint_written_by_version_0_1_0_loads(tmp_path):
     torch.testing.assert_close(prediction.scores, torch.tensor([5.128260135650635] * 2), rtol=1e-5, atol=0)
     assert float(prediction.maps.double().sum()) == pytest.approx(27251.32675933838, rel=1e-5)
     _, thresholds = load_for_inference(path, "cpu")
-    assert thresholds["image"] == load_checkpoint(path)["thresholds"]["image"] > 0
+    assert thresholds.image == load_checkpoint(path)["thresholds"]["image"] > 0
+    assert load_checkpoint(path)["format"] == "sacd_fast/2"  # read through migrate(), as the current format

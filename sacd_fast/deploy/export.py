@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sacd_fast.deploy.graph import FORMAT, GRAPH_PRECISIONS, metadata, onnx_bytes
+from sacd_fast.deploy.graph import metadata, onnx_bytes
 from sacd_fast.deploy.inference import load_for_inference, read_images
 from sacd_fast.deploy.quantize import Quantized, quantize_guarded
 from sacd_fast.deploy.runtimes import (
@@ -25,13 +25,16 @@ from sacd_fast.deploy.runtimes import (
     require,
     run_in_slices,
 )
-from sacd_fast.evaluation.calibration import check_thresholds
+from sacd_fast.checkpoint import FORMAT, READABLE, migrate_config, migrate_thresholds
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.files import atomic_write, require_file
+from sacd_fast.options import choices_of
+from sacd_fast.settings import ExportSettings
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD, Prediction, normalize
 
-FORMATS = ("onnx", "openvino")
-FILE_PRECISIONS = (*GRAPH_PRECISIONS, "int8")  # int8: OpenVINO files, quantised from the fp32 graph
+FORMATS = choices_of(ExportSettings, "format")
+FILE_PRECISIONS = choices_of(ExportSettings, "precision")  # int8: OpenVINO files, quantised from the fp32 graph
 
 
 class GuardFailed(ValueError):
@@ -43,7 +46,7 @@ class GuardFailed(ValueError):
 
 
 def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: int | None = 1,
-           precision: str = "fp32", thresholds: dict | None = None, calibration: torch.Tensor | None = None,
+           precision: str = "fp32", thresholds: Thresholds | None = None, calibration: torch.Tensor | None = None,
            guard_set: tuple[torch.Tensor, np.ndarray] | None = None, force: bool = False) -> Path:
     """Write ``model``'s whole pipeline to ``path`` (a .onnx file, or an OpenVINO
     .xml with its .bin beside it; its folder is made) and return the path written.
@@ -111,7 +114,7 @@ class ExportedInfo:
 
     config: SACDConfig
     batch: int  # 0: any
-    thresholds: dict
+    thresholds: Thresholds | None  # None: exported without them
     quantization: dict | None  # int8 files: what runs in int8 and how it passed the guard
 
 
@@ -123,9 +126,11 @@ def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) 
     """What an exported file's ``sacd_fast.*`` metadata says, every entry checked,
     and checked against its graph (``image_shape``: the input's dimensions, None
     where dynamic; ``outputs``: the output names): ValueError naming the file and the entry."""
-    if entries.get("sacd_fast.format") != FORMAT:
+    version = entries.get("sacd_fast.format")
+    if version not in READABLE:
         raise ValueError(f"{path} was not exported by sacd_fast (its sacd_fast.format metadata is "
-                         f"{entries.get('sacd_fast.format')!r}, expected {FORMAT!r})")
+                         f"{version!r}, expected one of {', '.join(map(repr, READABLE))})")
+    old = version != FORMAT  # format 1: read as format 2 writes it (sacd_fast.checkpoint.migrate)
     for key in METADATA_KEYS:
         if f"sacd_fast.{key}" not in entries:
             raise ValueError(f"{path}: metadata entry 'sacd_fast.{key}' is missing")
@@ -147,9 +152,11 @@ def _info(entries: dict[str, str], path, image_shape: list, outputs: list[str]) 
             raise ValueError(f"it holds {type(value).__name__}")
         return value
 
-    config = entry("config", lambda t: SACDConfig.from_dict(json_record(t), "config"), "is not a valid config")
-    thresholds = entry("thresholds", lambda t: check_thresholds(json_record(t), "sacd_fast.thresholds"),
-                       "is not a valid threshold record")
+    config = entry("config", lambda t: SACDConfig.from_dict(
+        migrate_config(json_record(t)) if old else json_record(t), "config"), "is not a valid config")
+    thresholds = entry("thresholds", lambda t: Thresholds.from_dict(
+        migrate_thresholds(json_record(t)) if old else json_record(t), "sacd_fast.thresholds"),
+        "is not a valid threshold record")
     normalization = entry("normalization", json_record, "is not JSON")
     if normalization.get("mean") != list(IMAGENET_MEAN) or normalization.get("std") != list(IMAGENET_STD):
         raise ValueError(f"{path}: metadata entry 'sacd_fast.normalization' is {normalization}, not the ImageNet "
@@ -196,7 +203,7 @@ class Inferencer:
 
         inferencer = Inferencer("model.onnx")
         prediction = inferencer.from_files(["part_001.png"])
-        prediction.scores > inferencer.thresholds["image"]
+        prediction.scores > inferencer.thresholds.image
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", precision: str = "f32"):

@@ -46,6 +46,7 @@ from sacd_fast.cpu import native_bf16
 from sacd_fast.deploy.graph import onnx_bytes
 from sacd_fast.deploy.quantize import quantize_guarded
 from sacd_fast.deploy.runtimes import ONNXRuntimeRunner, OpenVINORunner, openvino_model
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.network.model import SACD, Prediction
 
 # The largest difference from the eager fp32 maps and scores a CPU backend may show on the first
@@ -58,7 +59,8 @@ from sacd_fast.network.model import SACD, Prediction
 CPU_BOUNDS = {"fp32": 1e-3, "bf16": 0.15, "int8": 0.15}
 
 
-def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None, thresholds: dict | None = None) -> dict:
+def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None,
+                    thresholds: Thresholds | None = None) -> dict:
     """name -> (precision, factory of a function images -> (scores, maps)), in the order tried; with
     ``calibration`` (held-out normal images in [0, 1]) an int8 OpenVINO model too, built only where its
     guard (:func:`sacd_fast.deploy.quantize.quantize_guarded`) holds."""
@@ -126,7 +128,8 @@ class FastSACD(nn.Module):
     """Wraps a trained :class:`SACD` with the same ``predict`` API and config."""
 
     def __init__(self, model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
-                 cuda_graphs: bool = True, thresholds: dict | None = None, calibration: torch.Tensor | None = None):
+                 cuda_graphs: bool = True, thresholds: Thresholds | None = None,
+                 calibration: torch.Tensor | None = None):
         super().__init__()
         self.thresholds, self.calibration = thresholds, calibration
         if dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -163,7 +166,7 @@ class FastSACD(nn.Module):
         normal score, or without thresholds, the eager maps' largest value less their median on the
         first batch."""
         if self.thresholds is not None:
-            spread = self.thresholds["image"] - self.thresholds["score_median"]
+            spread = self.thresholds.image - self.thresholds.score_median
             if spread > 0:
                 return spread
         return max(float(expected.maps.max() - expected.maps.median()), 1e-12)
@@ -173,7 +176,7 @@ class FastSACD(nn.Module):
         within its precision's share of :meth:`decision_scale`, and with thresholds, the same decisions."""
         expected = self.model.predict(x)
         scale = self.decision_scale(expected)
-        threshold = None if self.thresholds is None else self.thresholds["image"]
+        threshold = None if self.thresholds is None else self.thresholds.image
         best, runs = None, {}
         for name, (precision, build) in _cpu_candidates(self.model, self.calibration, self.thresholds).items():
             if self.fp32_only and precision != "fp32":
@@ -231,7 +234,8 @@ class FastSACD(nn.Module):
 
 
 def fast(model: SACD, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
-         cuda_graphs: bool = True, thresholds: dict | None = None, calibration: torch.Tensor | None = None
+         cuda_graphs: bool = True, thresholds: Thresholds | None = None,
+         calibration: torch.Tensor | None = None
          ) -> FastSACD:
     """The fast version of a trained model (its weights are shared, not copied).
 

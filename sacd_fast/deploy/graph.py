@@ -28,14 +28,15 @@ import warnings
 import torch
 from torch import nn
 
+from sacd_fast.checkpoint import FORMAT
 from sacd_fast.deploy.runtimes import require
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.kernels.anomaly_map import reference as map_reference
 from sacd_fast.kernels.feacali import reference as feacali_reference
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import IMAGENET_MEAN, IMAGENET_STD, SACD
 
 OPSET = 18
-FORMAT = "sacd_fast/1"
 GRAPH_PRECISIONS = ("fp32", "fp16")  # what the traced graph computes in (training has its own PRECISIONS)
 # Every operator an exported graph may hold, whatever the backbone, map mode or batch (tested per backbone);
 # Cast only in fp16 files, where the float32 image enters and the features leave for the float32 map.
@@ -86,17 +87,18 @@ class Pipeline(nn.Module):
         return self.map(teacher, self.feacali(student))
 
 
-def metadata(model: SACD, thresholds: dict | None, batch: int | None) -> dict[str, str]:
+def metadata(model: SACD, thresholds: Thresholds | None, batch: int | None) -> dict[str, str]:
     """The ``sacd_fast.*`` entries an exported file carries."""
     config = model.config
     return {"sacd_fast.format": FORMAT, "sacd_fast.backbone": config.backbone,
             "sacd_fast.image_size": str(config.image_size), "sacd_fast.batch": str(batch or 0),
             "sacd_fast.normalization": json.dumps({"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "range": [0, 1]}),
             "sacd_fast.config": json.dumps(config.to_dict()),
-            "sacd_fast.thresholds": json.dumps(thresholds or {})}
+            "sacd_fast.thresholds": json.dumps(thresholds.to_dict() if thresholds else {})}
 
 
-def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32", thresholds: dict | None = None) -> bytes:
+def onnx_bytes(model: SACD, batch: int | None = 1, precision: str = "fp32",
+               thresholds: Thresholds | None = None) -> bytes:
     """The pipeline as a checked ONNX model (fixed ``batch``, or dynamic when None)."""
     onnx = require("onnx")
     if precision not in GRAPH_PRECISIONS:

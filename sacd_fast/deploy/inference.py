@@ -9,18 +9,19 @@ from sacd_fast.checkpoint import calibration_files, load_checkpoint
 from sacd_fast.data.datasets import ImageFiles
 from sacd_fast.deploy.fast import fast as make_fast
 from sacd_fast.deploy.quantize import MAX_CALIBRATION_IMAGES
+from sacd_fast.evaluation.calibration import Thresholds
 from sacd_fast.network.model import SACD
 
 
-def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, dict]:
+def load_for_inference(path, device, fast: bool = False) -> tuple[SACD, Thresholds]:
     """The model of a checkpoint written by ``sacd-fast train`` (read once), on
     ``device`` (wrapped by :func:`sacd_fast.fast` with ``fast``, given on a CPU the
     held-out normal images the checkpoint records, where they are still there), and its thresholds."""
     payload = load_checkpoint(path)
-    thresholds = payload.get("thresholds")
-    if thresholds is None:
+    if "thresholds" not in payload:
         raise ValueError(f"{path} has no calibrated threshold: it was not written by `sacd-fast train`, or its "
                          "training has not finished (run the same train command again to finish it)")
+    thresholds = Thresholds.from_dict(payload["thresholds"], path)
     model = SACD.from_payload(payload, path).to(device)
     if not fast:
         return model, thresholds

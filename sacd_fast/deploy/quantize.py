@@ -27,7 +27,7 @@ import torch
 
 from sacd_fast.data.synthesis import synthesize
 from sacd_fast.deploy.runtimes import OpenVINORunner, require, run_in_slices
-from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, calibrate_threshold
+from sacd_fast.evaluation.calibration import DEFAULT_FALSE_ALARM_RATE, Thresholds
 from sacd_fast.evaluation.metrics import image_auroc
 from sacd_fast.network.model import normalize
 
@@ -137,12 +137,13 @@ def scores_of(run, images: torch.Tensor, batch: int | None) -> tuple[np.ndarray,
     return run_in_slices(run, np.ascontiguousarray(images.detach().cpu().float().numpy()), batch or min(len(images), 8))
 
 
-def recalibrated_thresholds(thresholds: dict | None, normal_scores: np.ndarray, normal_maps: np.ndarray) -> dict:
+def recalibrated_thresholds(thresholds: Thresholds | None, normal_scores: np.ndarray,
+                            normal_maps: np.ndarray) -> Thresholds:
     """Thresholds recalibrated on a model's scores of the calibration normals, for the false-alarm rate
     the checkpoint's ``thresholds`` were set for."""
-    rate = (thresholds or {}).get("false_alarm_rate", DEFAULT_FALSE_ALARM_RATE)
-    return {**calibrate_threshold(normal_scores, rate), "normal_level": float(np.median(normal_maps)),
-            "source": "int8 scores of the calibration normal images"}
+    rate = thresholds.false_alarm_rate if thresholds and thresholds.false_alarm_rate else DEFAULT_FALSE_ALARM_RATE
+    return Thresholds.calibrated(normal_scores, np.median(normal_maps), rate,
+                                 "int8 scores of the calibration normal images")
 
 
 def guard(fp32_scores: np.ndarray, int8_scores: np.ndarray, labels: np.ndarray, threshold_fp32: float,
@@ -160,7 +161,7 @@ class Quantized:
     """An int8 OpenVINO model, the thresholds recalibrated on its scores, and how it passed (or failed) the guard."""
 
     model: object
-    thresholds: dict
+    thresholds: Thresholds
     guard: GuardResult
     int8: str  # which parts run in int8 (a key of SCOPES)
     tried: list[dict]  # each scope tried before it, and its guard's figures
@@ -173,7 +174,7 @@ class Quantized:
                 "tried_before": self.tried}
 
 
-def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thresholds: dict | None,
+def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thresholds: Thresholds | None,
                      guard_set: tuple[torch.Tensor, np.ndarray] | None = None) -> Quantized:
     """Quantise ``model`` (the exported pipeline, OpenVINO fp32) on the normal images ``calibration01``
     ([0, 1], (N, 3, S, S)) with each scope of :data:`SCOPES` in turn, keeping the first whose guard holds
@@ -186,7 +187,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
     images = normalize(images)
     fp32 = OpenVINORunner(model, "f32")
     fp32_scores, _ = scores_of(fp32, images, batch)
-    threshold = recalibrated_thresholds(thresholds, *scores_of(fp32, calibration, batch))["image"]
+    threshold = recalibrated_thresholds(thresholds, *scores_of(fp32, calibration, batch)).image
     del fp32
     result, tried = None, []
     for int8, float32 in SCOPES.items():
@@ -197,7 +198,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
         normal_scores, normal_maps = scores_of(run, calibration, batch)
         recalibrated = recalibrated_thresholds(thresholds, normal_scores, normal_maps)
         checked = guard(fp32_scores, scores_of(run, images, batch)[0], labels, threshold,
-                        recalibrated["image"])
+                        recalibrated.image)
         result = Quantized(quantized, recalibrated, checked, int8, list(tried))
         if checked.passed:
             break

@@ -23,12 +23,13 @@ score as far above the threshold as the threshold is above that median to 1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy import stats
 
-from sacd_fast.network.config import finite
-from sacd_fast.training.settings import DEFAULT_FALSE_ALARM_RATE
+from sacd_fast.options import finite
+from sacd_fast.settings import DEFAULT_FALSE_ALARM_RATE
 
 BOOTSTRAP = 2000
 # How far below the 1/(n + 1) that n scores resolve the log-normal tail may be extrapolated.
@@ -115,7 +116,7 @@ def _pair(low: float, high: float):
     return lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(x, low, high) for x in v)
 
 
-# Each field a calibrated threshold record may hold: its check, and what it must be (for the message).
+# Each field a threshold record may hold: its check, and what it must be (for the message).
 THRESHOLD_FIELDS = {
     "image": (_number, "a finite number"),
     "normal_level": (_number, "a finite number"),
@@ -133,30 +134,91 @@ THRESHOLD_FIELDS = {
 # Written together by calibrate_threshold: one present, all needed.
 CALIBRATION_FIELDS = ("false_alarm_rate", "method", "false_alarm_interval", "images", "interval",
                       "observed_false_alarms", "score_median")
+GIVEN = "given by --threshold"
 
 
-def check_thresholds(values, source) -> dict:
-    """The calibrated thresholds a checkpoint or exported file carries, checked
-    field by field: ValueError naming ``source`` and the field that is missing,
-    of the wrong type or not finite. Records written before false-alarm
-    calibration get the fields it added (``score_median`` = ``normal_level``,
-    ``method``). An empty record (an uncalibrated export) stays empty."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{source}: 'thresholds' must be a record of fields, got {type(values).__name__}")
-    if not values:
-        return {}
-    unknown = sorted(str(k) for k in values if k not in THRESHOLD_FIELDS)
-    if unknown:
-        raise ValueError(f"{source}: thresholds field {unknown[0]!r} is unknown")
-    needed = ("image", "normal_level") + (CALIBRATION_FIELDS if "false_alarm_rate" in values else ())
-    for name in needed:
-        if name not in values:
-            raise ValueError(f"{source}: thresholds field {name!r} is missing")
-    for name, value in values.items():
-        check, what = THRESHOLD_FIELDS[name]
-        if not check(value):
-            raise ValueError(f"{source}: thresholds field {name!r} must be {what}, got {str(value)[:60]!r}")
-    if "scores" in values and "images" in values and len(values["scores"]) != values["images"]:
-        raise ValueError(f"{source}: thresholds field 'scores' holds {len(values['scores'])} scores but 'images' "
-                         f"says {values['images']}")
-    return {"score_median": values["normal_level"], "method": "maximum of the held-out scores", **values}
+@dataclass(frozen=True)
+class Thresholds:
+    """How a model decides, as checkpoints and exported files carry it.
+
+    ``image`` is the threshold on the raw image score (an image is anomalous above it; the same value
+    outlines the regions of its map); ``normal_level``, the median map value of normal images, is the
+    bottom of the heatmap colour scale; ``score_median``, the median normal image score, maps to a
+    normalised score of 0 (:func:`normalized`); ``method`` says how ``image`` was set and ``source`` on
+    which images. A calibrated record also holds what :func:`calibrate_threshold` returns: the target
+    ``false_alarm_rate``, its ``false_alarm_interval``, the threshold's ``interval``, the
+    ``observed_false_alarms`` among the ``images`` held-out normal ``scores`` (kept so that another
+    rate can be calibrated later, :meth:`recalibrated`)."""
+
+    image: float
+    normal_level: float
+    score_median: float
+    method: str
+    source: str | None = None
+    false_alarm_rate: float | None = None
+    false_alarm_interval: tuple[float, float] | None = None
+    interval: tuple[float, float] | None = None
+    observed_false_alarms: int | None = None
+    images: int | None = None
+    scores: tuple[float, ...] | None = None
+
+    def to_dict(self, scores: bool = True) -> dict:
+        """The stored record (JSON values; without the held-out ``scores`` unless ``scores``)."""
+        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self)
+                if (v := getattr(self, f.name)) is not None and (scores or f.name != "scores")}
+
+    @classmethod
+    def from_dict(cls, values, source) -> "Thresholds | None":
+        """The record a checkpoint or exported file stores, checked field by field: ValueError naming
+        ``source`` and the field that is missing, unknown, of the wrong type or not finite. An empty
+        record (an uncalibrated export) is None."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: 'thresholds' must be a record of fields, got {type(values).__name__}")
+        if not values:
+            return None
+        unknown = sorted(str(k) for k in values if k not in THRESHOLD_FIELDS)
+        if unknown:
+            raise ValueError(f"{source}: thresholds field {unknown[0]!r} is unknown")
+        needed = ("image", "normal_level", "score_median", "method") + (
+            CALIBRATION_FIELDS if "false_alarm_rate" in values else ())
+        for name in needed:
+            if name not in values:
+                raise ValueError(f"{source}: thresholds field {name!r} is missing")
+        for name, value in values.items():
+            check, what = THRESHOLD_FIELDS[name]
+            if not check(value):
+                raise ValueError(f"{source}: thresholds field {name!r} must be {what}, got {str(value)[:60]!r}")
+        if "scores" in values and "images" in values and len(values["scores"]) != values["images"]:
+            raise ValueError(f"{source}: thresholds field 'scores' holds {len(values['scores'])} scores but "
+                             f"'images' says {values['images']}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @classmethod
+    def calibrated(cls, scores, normal_level: float, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+                   source: str | None = None) -> "Thresholds":
+        """The threshold for ``false_alarm_rate`` from held-out normal image ``scores``
+        (:func:`calibrate_threshold`), with the median map value ``normal_level`` of those images."""
+        found = calibrate_threshold(scores, false_alarm_rate)
+        return cls(normal_level=float(normal_level), source=source,
+                   **{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()})
+
+    def recalibrated(self, false_alarm_rate: float) -> "Thresholds":
+        """The threshold for another ``false_alarm_rate`` from the held-out scores it keeps."""
+        found = calibrate_threshold(self.scores, false_alarm_rate)
+        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()})
+
+    @classmethod
+    def given(cls, threshold: float, calibrated: "Thresholds | None" = None) -> "Thresholds":
+        """A threshold set by hand (``--threshold``), keeping the colour scale of ``calibrated`` (without
+        one, an uncalibrated export's, the heatmaps and normalised scores start at 0)."""
+        base = calibrated or cls(image=0.0, normal_level=0.0, score_median=0.0, method=GIVEN)
+        return replace(base, image=float(threshold), method=GIVEN)
+
+    def describe(self) -> str:
+        """One line: the threshold and how it was set."""
+        if self.false_alarm_rate is None or self.method == GIVEN:
+            return f"threshold {self.image:.4f} ({self.method})"
+        low, high = self.false_alarm_interval
+        return (f"threshold {self.image:.4f} for a {self.false_alarm_rate:.1%} false-alarm rate ({self.method} "
+                f"on {self.images} held-out normal images; the rate it gives lies in {low:.1%}-{high:.1%} with "
+                "90% confidence)")

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sacd_fast.data.datasets import read_rgb
-from sacd_fast.evaluation.calibration import normalized
+from sacd_fast.evaluation.calibration import Thresholds, normalized
 from sacd_fast.evaluation.heatmaps import heatmap_panel
+from sacd_fast.evaluation.scoring import Predictions
 from sacd_fast.files import atomic_write, write_text
 
 SCORE_COLUMNS = ("path", "defect", "label", "score", "normalized_score", "anomalous", "heatmap")
@@ -67,24 +68,25 @@ def refuse_overwriting_inputs(inputs: list[str], outputs: list[Path]) -> None:
                              "not hold the images")
 
 
-def write_heatmaps(result: dict, thresholds: dict, folder: Path, names: list[str], with_truth: bool) -> None:
+def write_heatmaps(result: Predictions, thresholds: Thresholds, folder: Path, names: list[str],
+                   with_truth: bool) -> None:
     """One heatmap panel per image, at the image's own size, into ``folder``."""
-    scores = normalized(result["scores"], thresholds["image"], thresholds["score_median"])
+    scores = normalized(result.scores, thresholds.image, thresholds.score_median)
     for i, name in enumerate(names):
-        truth = result["mask"][i] if with_truth and result["has_mask"][i] else None
-        panel = heatmap_panel(read_rgb(result["path"][i]), result["maps"][i], thresholds["image"],
-                              thresholds["normal_level"], float(result["scores"][i]), float(scores[i]),
+        truth = result.mask[i] if with_truth and result.has_mask[i] else None
+        panel = heatmap_panel(read_rgb(result.path[i]), result.maps[i], thresholds.image,
+                              thresholds.normal_level, float(result.scores[i]), float(scores[i]),
                               name[: -len(".png")], truth)
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f, panel=panel: panel.save(f, format="PNG"))
 
 
-def score_rows(result: dict, names: list[str], thresholds: dict) -> list[dict]:
-    """One row per image, in :data:`SCORE_COLUMNS`."""
-    scores = np.asarray(result["scores"], dtype=np.float64)
-    norm = normalized(scores, thresholds["image"], thresholds["score_median"])
-    return [{"path": path, "defect": result["defect"][i] if "defect" in result else "",
-             "label": int(result["label"][i]) if "label" in result else "", "score": float(scores[i]),
-             "normalized_score": round(float(norm[i]), 6), "anomalous": int(scores[i] > thresholds["image"]),
-             "heatmap": f"heatmaps/{names[i]}"} for i, path in enumerate(result["path"])]
+def score_rows(result: Predictions, names: list[str], thresholds: Thresholds) -> list[dict]:
+    """One row per image, in :data:`SCORE_COLUMNS` (what scores.csv and scores.json hold)."""
+    scores = np.asarray(result.scores, dtype=np.float64)
+    norm = normalized(scores, thresholds.image, thresholds.score_median)
+    return [{"path": path, "defect": result.defect[i] if result.defect is not None else "",
+             "label": int(result.label[i]) if result.label is not None else "", "score": float(scores[i]),
+             "normalized_score": round(float(norm[i]), 6), "anomalous": int(scores[i] > thresholds.image),
+             "heatmap": f"heatmaps/{names[i]}"} for i, path in enumerate(result.path)]

@@ -9,12 +9,14 @@ import base64
 import html
 import io
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_curve
 
 from sacd_fast.evaluation.metrics import pro_curve
+from sacd_fast.evaluation.scoring import Predictions
 from sacd_fast.files import write_text
 
 THUMBNAIL_WIDTH = 900
@@ -54,18 +56,18 @@ def _value(v) -> str:
     return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
 
 
-def write_report(path: Path, metrics: dict, result: dict, rows: list[dict], out: Path) -> None:
+def write_report(path: Path, metrics: dict, result: Predictions, rows: list[dict], out: Path) -> None:
     """Write the report of one evaluation (``metrics.json``'s content, the
     predictions and the ``scores.csv`` rows, whose heatmaps are in ``out``)."""
-    labels = np.asarray(result["label"]).astype(bool)
+    labels = result.label.astype(bool)
     charts = []
     if labels.any() and not labels.all():
-        fpr, tpr, _ = roc_curve(labels, result["scores"])
+        fpr, tpr, _ = roc_curve(labels, result.scores)
         charts.append(svg_curve(fpr, tpr, f"image ROC (AUROC {metrics['image_auroc']:.3f})", "false-positive rate",
                                 "true-positive rate"))
-    has_mask = np.asarray(result["has_mask"]).astype(bool)
+    has_mask = result.has_mask.astype(bool)
     if metrics.get("pro") is not None:
-        fpr, pro = pro_curve(result["mask"][has_mask], result["maps"][has_mask])
+        fpr, pro = pro_curve(result.mask[has_mask], result.maps[has_mask])
         charts.append(svg_curve(fpr, pro, f"PRO (area to 0.3: {metrics['pro']:.3f})", "false-positive rate",
                                 "per-region overlap", xmax=0.3))
     summary = "".join(f"<tr><th>{k.replace('_', ' ')}</th><td>{_value(metrics[k])}</td></tr>"
@@ -76,7 +78,8 @@ def write_report(path: Path, metrics: dict, result: dict, rows: list[dict], out:
                          for d, v in metrics["image_auroc_per_defect"].items())
     threshold = metrics["threshold"]
     figures = "".join(
-        f'<figure><img alt="{html.escape(r["path"])}" src="data:image/png;base64,{_thumbnail(out / r["heatmap"])}">'
+        f'<figure><a href="{html.escape(quote(r["heatmap"]))}"><img alt="{html.escape(r["path"])}" '
+        f'src="data:image/png;base64,{_thumbnail(out / r["heatmap"])}"></a>'
         f'<figcaption>{html.escape(r["heatmap"][len("heatmaps/"):-len(".png")])}: score {r["score"]:.4f}, '
         f'normalised {r["normalized_score"]:.2f}{", ANOMALOUS" if r["anomalous"] else ""}'
         f'{" (defect: " + html.escape(r["defect"]) + ")" if r["label"] == 1 else ""}</figcaption></figure>'

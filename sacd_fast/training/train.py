@@ -33,14 +33,14 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from sacd_fast.cpu import native_bf16
@@ -49,44 +49,31 @@ from sacd_fast.files import remove_stale_temporaries
 from sacd_fast.network.config import SACDConfig
 from sacd_fast.network.model import SACD, normalize
 from sacd_fast.checkpoint import config_mismatch, load_checkpoint, non_finite_tensors, save_checkpoint
-from sacd_fast.training.settings import PRECISIONS, Precision
+from sacd_fast.evaluation.calibration import check_false_alarm_rate
+from sacd_fast.evaluation.scoring import calibrate
+from sacd_fast.settings import TrainSettings
 
 
-@dataclass
-class TrainSettings:
-    """Optimisation settings (defaults from RD4AD/RD++)."""
-
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 0.005  # OCBE + decoder
-    lr_feacali: float = 0.001
-    betas: tuple[float, float] = field(default=(0.5, 0.999))
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
-        for name in ("lr", "lr_feacali"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = betas
-
-    def epoch_generator(self, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
-        """The generator of one epoch's shuffle (stream 0) or synthesis seeds (stream 1)."""
-        entropy = np.random.SeedSequence([self.seed, epoch, stream, rank]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(entropy) & (2**63 - 1))
+def epoch_generator(settings: TrainSettings, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
+    """The generator of one epoch's shuffle (stream 0), synthesis seeds (stream 1) or held-out synthesis
+    seeds (stream 2)."""
+    entropy = np.random.SeedSequence([settings.seed, epoch, stream, rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy) & (2**63 - 1))
 
 
-def check_precision(precision: str) -> None:
-    """ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` says ("auto": CUDA when available); ValueError or RuntimeError naming it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:1', ...)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only 'cpu' and 'cuda' devices are supported")
+    return device
 
 
 def computed_precision(precision: str, device: torch.device) -> str:
@@ -191,7 +178,7 @@ def held_out_losses(model: SACD, dataset: Dataset, settings: TrainSettings, devi
     images and their synthetic copies. The synthesis seeds come from stream 2 of
     epoch 0, the same every epoch, so that epochs compare."""
     indices = list(range(len(dataset)))
-    seeds = torch.randint(-(2**62), 2**62, (len(indices),), generator=settings.epoch_generator(0, 2))
+    seeds = torch.randint(-(2**62), 2**62, (len(indices),), generator=epoch_generator(settings, 0, 2))
     batches = epoch_batches(indices, settings.batch_size, None)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = model.training
@@ -244,7 +231,7 @@ def epoch_batches(indices: list[int], batch_size: int, generator: torch.Generato
 def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenance: dict) -> list[str]:
     """Why the checkpoint ``state`` cannot be continued with this model, settings and data."""
     saved = {k: v for k, v in state.get("settings", {}).items() if k != "epochs"}
-    current = {k: v for k, v in asdict(settings).items() if k != "epochs"}
+    current = {k: v for k, v in settings.stored().items() if k != "epochs"}
     saved["betas"] = tuple(saved.get("betas", ()))
     saved_config = SACDConfig.from_dict(state["config"], "checkpoint").to_dict()  # keys it predates: as trained
     problems = config_mismatch(saved_config, model.config.to_dict()) + config_mismatch(saved, current)
@@ -258,55 +245,47 @@ def _resume_problems(state: dict, model: SACD, settings: TrainSettings, provenan
 
 
 def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
-        checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-        resume: bool = True, progress: bool = True, num_workers: int = 0,
-        log=None, precision: Precision = "fp32", provenance: dict | None = None, finalize=None,
-        teacher_cache_mb: float = 4096, validation: Dataset | None = None,
-        time_budget: float | None = None, patience: int | None = None) -> list[dict[str, float]]:
-    """Train ``model`` on the normal images of ``dataset``.
+        checkpoint: str | os.PathLike | None = None, *, validation: Dataset | None = None,
+        progress: bool = True, log=None, provenance: dict | None = None, resume: bool = True,
+        teacher_cache_mb: float = 4096) -> list[dict[str, float]]:
+    """Train ``model`` on the normal images of ``dataset`` and calibrate its threshold: what ``sacd-fast
+    train`` does once it has read and split the data.
 
     Args:
         model: a SACD model (its weights are trained in place).
         dataset: items are [0, 1] float images (3, H, W), or dicts with key "image".
-        settings: optimisation settings.
+        settings: the run's :class:`~sacd_fast.settings.TrainSettings`: epochs, batch size, seed, device,
+            ``precision`` ("bf16": bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16 or
+            AMX, fp32 elsewhere; "fp32"), ``false_alarm_rate``, ``time_budget``, ``patience``, ``workers``.
+            Synthesis and FeaCali run in their Triton kernels on CUDA either way; training runs in
+            channels_last on every device (measured faster). ``time_budget``: seconds this call may
+            train for (held-out scoring included, calibration not): after each epoch, training ends
+            there when another epoch as long as the last one would end past the budget; the first epoch
+            always runs. The checkpoint then records the epochs run as the run's ``epochs``, and a later
+            call with a budget finds it finished (one without continues up to ``epochs``). ``patience``
+            (needs ``validation``): training ends after the first epoch that leaves ``patience`` epochs
+            without a lower held-out loss (:func:`converged`), recorded as with ``time_budget``; the
+            decision depends only on the held-out losses, so an interrupted run ends where an
+            uninterrupted one does.
         checkpoint: path written atomically after every epoch; if it exists and
-            ``resume`` is True, training continues from it (config, settings,
+            ``resume`` is True, training continues from it (config, stored settings,
             provenance and teacher weights must match, except ``epochs``, which may grow).
-        device: where to train.
-        progress: show tqdm bars.
-        log: optional callable receiving the history (every epoch's record so far)
-            after each epoch, once its checkpoint is written.
-        precision: "fp32", or "bf16": bf16 autocast, on CUDA and on CPUs with
-            native bf16 (AVX512-BF16 or AMX; elsewhere it trains in fp32).
-            Synthesis and FeaCali run in their Triton kernels on CUDA either way.
-            Training runs in channels_last on every device (measured faster).
-        provenance: what the run trains on (e.g. the data folder and its files),
-            stored in the checkpoint; a resume with other provenance is refused.
-        teacher_cache_mb: memory for the normal images' teacher features
-            (:class:`TeacherCache`); 0 recomputes them every epoch.
-        finalize: optional callable ``finalize(model) -> dict`` run on the trained
-            model after the last epoch (rank 0); its entries (e.g. a calibrated
-            threshold) go into the final checkpoint, written once. A finished
-            checkpoint that lacks them gets them on the next call.
         validation: held-out normal images (same item format as ``dataset``):
             their loss is logged every epoch (:func:`held_out_losses`) and the
             weights of the epoch with the lowest one are kept (:func:`kept_epoch`);
             ``model`` ends with them. Without it the last epoch is kept.
-        time_budget: seconds this call may train for (held-out scoring
-            included, ``finalize`` not): after each epoch, training ends there
-            when another epoch as long as the last one would end past the
-            budget; the first epoch always runs. The checkpoint then records
-            the epochs run as the run's ``epochs``, and a later call with a
-            budget finds it finished (one without continues up to ``epochs``).
-            The epochs that fit depend on the machine's speed.
-        patience: with ``validation``, training ends after the first epoch
-            that leaves ``patience`` epochs without a lower held-out loss
-            (:func:`converged`); the checkpoint then records the epochs run, as
-            with ``time_budget``. A later call with ``patience`` finds such a
-            run finished when its history is converged for that patience; one
-            without continues up to ``epochs``. The decision depends only on
-            the held-out losses, so an interrupted run ends where an
-            uninterrupted one does.
+        progress: show tqdm bars.
+        log: optional callable receiving the history (every epoch's record so far)
+            after each epoch, once its checkpoint is written.
+        provenance: what the run trains on (e.g. the data folder and its files),
+            stored in the checkpoint; a resume with other provenance is refused.
+        teacher_cache_mb: memory for the normal images' teacher features
+            (:class:`TeacherCache`); 0 recomputes them every epoch.
+
+    After the last epoch the trained model is calibrated (:func:`calibrate_held_out`): its threshold for
+    ``settings.false_alarm_rate`` on ``validation`` (or, without it, on ``dataset``) goes into the final
+    checkpoint as ``thresholds``, with the held-out images' files where ``validation`` is a subset of a
+    sacd_fast dataset. A finished checkpoint that lacks them gets them on the next call.
 
     Returns:
         The per-epoch history: mean ``total``, ``kd`` and ``intra`` losses, and
@@ -314,17 +293,19 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
     """
     settings = settings or TrainSettings()
     provenance = dict(provenance or {})
-    _check_fit(model, dataset, settings, precision, time_budget, patience, validation is not None)
+    _check_fit(model, dataset, settings, validation)
+    time_budget, patience, num_workers = settings.time_budget, settings.patience, settings.workers
     started = time.monotonic()
-    device = torch.device(device)
+    device = resolve_device(settings.device)
     on_cuda = device.type == "cuda"
     model.to(device, memory_format=torch.channels_last)
-    computed = computed_precision(precision, device)
+    computed = computed_precision(settings.precision, device)
     autocast_dtype = torch.bfloat16 if computed == "bf16" else None
     optimizer = build_optimizer(model, settings)
     finished, start, history, kept = None, 0, [], None
     resuming = checkpoint is not None and resume and os.path.exists(checkpoint)
     if checkpoint is not None:
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(Path(checkpoint).parent, of=Path(checkpoint).name)
         if resuming:
             finished, start, history, kept = _resume(checkpoint, model, optimizer, settings, provenance, device,
@@ -332,6 +313,10 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
                                                      patience)
             if finished is not None:
                 settings = replace(settings, epochs=start)  # nothing left to train
+
+    def finalize(trained: SACD) -> dict:
+        return calibrate_held_out(trained, dataset if validation is None else validation, settings, device,
+                                  progress, held_out=validation is not None)
 
     distributed = in_process_group()
     rank = process_rank()
@@ -348,12 +333,12 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             batches = epoch_batches(list(sampler), settings.batch_size, None)
         else:
             batches = epoch_batches(list(range(len(dataset))), settings.batch_size,
-                                    settings.epoch_generator(epoch, 0))
+                                    epoch_generator(settings, epoch, 0))
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=on_cuda)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress or rank != 0,
                    leave=False)
         sums = torch.zeros(4, dtype=torch.float64)  # total, kd, intra, images
-        seed_source = settings.epoch_generator(epoch, 1, rank)
+        seed_source = epoch_generator(settings, epoch, 1, rank)
         for indices, batch in zip(batches, bar):
             x01 = images_of(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             seeds = torch.randint(-(2**62), 2**62, (x01.shape[0],), generator=seed_source)
@@ -383,7 +368,7 @@ def fit(model: SACD, dataset: Dataset, settings: TrainSettings | None = None,
             dist.barrier()
         if epoch + 1 == settings.epochs:
             break
-    if finished is not None and rank == 0 and finalize is not None:
+    if finished is not None and rank == 0:
         extras = _finalized(model, finalize)  # a finished run whose final step was cut short
         if any(finished.get(k) != v for k, v in extras.items()):
             save_checkpoint({**finished, **extras}, checkpoint)
@@ -400,24 +385,34 @@ def _agreed(decision: bool, device: torch.device, distributed: bool) -> bool:
     return bool(flag.item())
 
 
-def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, precision: str,
-               time_budget: float | None, patience: int | None, held_out: bool) -> None:
-    """ValueError, before any work, for settings ``fit`` cannot train with."""
-    check_precision(precision)
-    if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
-                                    or not time_budget > 0 or not math.isfinite(time_budget)):
-        raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget!r}")
-    if patience is not None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        if not held_out:
-            raise ValueError("patience needs held-out images (validation): it watches their loss")
+def _check_fit(model: SACD, dataset: Dataset, settings: TrainSettings, validation: Dataset | None) -> None:
+    """ValueError, before any work, for a run ``fit`` cannot train or calibrate."""
+    if settings.patience is not None and validation is None:
+        raise ValueError("patience needs held-out images (validation): it watches their loss")
     if len(dataset) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(dataset)}")
+    check_false_alarm_rate(settings.false_alarm_rate, len(dataset if validation is None else validation),
+                           "false_alarm_rate")
     side = model.config.image_size // 32
     if settings.batch_size * side * side < 2:
         raise ValueError(f"batch size {settings.batch_size} at image size {model.config.image_size} leaves "
                          "BatchNorm one value per channel: use a batch size of 2 or more")
+
+
+def calibrate_held_out(model: SACD, normal: Dataset, settings: TrainSettings, device: torch.device,
+                       progress: bool, held_out: bool) -> dict:
+    """The checkpoint entries of a trained model's calibration on the ``normal`` images (``held_out``:
+    images it did not train on): ``thresholds`` for ``settings.false_alarm_rate``, and
+    ``calibration_images`` (their folder and files) where they are a subset of a sacd_fast dataset."""
+    source = "held-out normal training images" if held_out else "training images"
+    thresholds = calibrate(model, normal, settings.batch_size, device, progress, settings.false_alarm_rate, source)
+    entries = {"thresholds": thresholds.to_dict()}
+    parent = getattr(normal, "dataset", None)
+    if held_out and isinstance(normal, Subset) and hasattr(parent, "samples") and hasattr(parent, "folder"):
+        entries["calibration_images"] = {
+            "folder": str(parent.folder.resolve()),
+            "files": [str(parent.samples[i].path.relative_to(parent.folder)) for i in normal.indices]}
+    return entries
 
 
 def _resume(checkpoint, model: SACD, optimizer, settings: TrainSettings, provenance: dict, device,
@@ -474,7 +469,7 @@ def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[di
             weights["last_state_dict"] = {k: v.detach().clone() for k, v in state_dict.items()}
             model.load_state_dict(kept)
     payload = {"config": model.config.to_dict(), **weights, "optimizer": optimizer.state_dict(), "epoch": epoch,
-               "settings": asdict(settings), "precision": computed, "history": history, "provenance": provenance}
+               "settings": settings.stored(), "precision": computed, "history": history, "provenance": provenance}
     try:
         extras = _finalized(model, finalize) if epoch == settings.epochs else {}
     except Exception:
@@ -488,9 +483,7 @@ def _end_epoch(model: SACD, optimizer, settings: TrainSettings, history: list[di
 
 
 def _finalized(model: SACD, finalize) -> dict:
-    """``finalize(model)`` on the model in eval mode (an empty dict without ``finalize``)."""
-    if finalize is None:
-        return {}
+    """``finalize(model)`` on the model in eval mode."""
     model.eval()
     try:
         return finalize(model)
