@@ -94,7 +94,7 @@ def export(model: SACD, path: str | os.PathLike, format: str = "onnx", batch: in
             raise GuardFailed(f"the int8 model fails the accuracy guard: {quantized.guard.describe()}; nothing "
                               "was written (--force writes it anyway)", quantized)
         converted = quantized.model
-        entries["sacd_fast.thresholds"] = json.dumps(quantized.thresholds)
+        entries["sacd_fast.thresholds"] = json.dumps(quantized.thresholds.to_dict())
         entries["sacd_fast.quantization"] = json.dumps(quantized.record(len(calibration), force))
     with tempfile.TemporaryDirectory() as tmp:
         for key, value in entries.items():
