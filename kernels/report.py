@@ -44,11 +44,14 @@ from contextlib import contextmanager
 from unittest import mock
 
 import torch
+import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sacd_fast import kernels
 from sacd_fast.backbones import BACKBONES
 
 from .recorder import Launch, recording
+from .sm90 import compile_variants, variant_name
 
 SIZE = 256
 # (channels, side) of the teacher features the report covers: the paper's teacher and the narrow,
@@ -72,8 +75,6 @@ def _feacali_weights(c: int, dtype, grad: bool = False) -> tuple[list, list]:
 
 def public_calls(path: str, backbone: str, batch: int) -> list[tuple[str, object]]:
     """``[(name, call)]``: the public kernel calls of one inference or training step."""
-    from sacd_fast import kernels
-
     scales = SCALES[backbone]
     calls = []
     if path == "inference":
@@ -104,8 +105,6 @@ def public_calls(path: str, backbone: str, batch: int) -> list[tuple[str, object
 @contextmanager
 def _stubbed():
     """Public calls take the Triton path on meta tensors, and every launch is recorded."""
-    from sacd_fast import kernels
-
     with mock.patch.object(kernels, "use_triton", lambda *tensors, has_op=False: True), recording() as launches:
         yield launches
 
@@ -204,8 +203,6 @@ def _span(values) -> str | int:
 
 def kernel_rows(launches: list[Launch], compiled: dict[str, dict] | None) -> list[dict]:
     """One row per kernel: launches, bytes, FLOPs, floor, and the compile figures over its configs."""
-    from .sm90 import variant_name
-
     rows: dict[str, dict] = {}
     for launch in launches:
         row = rows.setdefault(launch.name, {"kernel": launch.name, "launches": 0, "bytes": 0, "flops": 0,
@@ -233,8 +230,6 @@ def kernel_rows(launches: list[Launch], compiled: dict[str, dict] | None) -> lis
 
 def machine() -> str:
     """The CPU that measured the host times (its model name where Linux gives it), torch and triton."""
-    import triton
-
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -251,8 +246,6 @@ def build(compile: bool = True, batches=BATCHES, backbones=tuple(SCALES)) -> dic
     recorded = {case: record(*case) for case in cases}
     compiled = None
     if compile:
-        from .sm90 import compile_variants
-
         compiled = compile_variants([launch for launches, _ in recorded.values() for launch in launches])
     report = {"machine": machine(),
               "target": {"gpu": "H200 (sm_90, 132 SMs)", **H200}, "cases": []}

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -60,8 +61,10 @@ def test_train_eval_predict(small_data, tmp_path, capsys):
     width, height = Image.open(heatmaps[0]).size
     assert height > 256 and width > 3 * 256  # the images' own 256x256, a caption and a colour bar
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert page.count("<figure>") == len(rows) and page.count("<svg") == 2 and "data:image/png;base64" in page
+    assert page.count("<figure>") == len(rows) and page.count("<svg") == 2 and "data:image/jpeg;base64" in page
     assert page.count('<a href="heatmaps/') == len(rows)  # each thumbnail links to its full-size heatmap
+    assert all(len(points.split()) <= 400 for points in re.findall(r'points="([^"]*)"', page))  # charts, not data
+    assert all(len(image) < 60_000 for image in re.findall(r"base64,([A-Za-z0-9+/=]+)", page))  # thumbnails
 
     images = small_data / "disc" / "test" / "scratch"
     single = small_data / "disc" / "test" / "good" / "000.png"

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from sacd_fast.data.datasets import AnomalyDataset, ImageFiles
-from sacd_fast.evaluation.scoring import evaluate_predictions
+from sacd_fast.evaluation.scoring import Predictions, evaluate_predictions
 
 rng = np.random.default_rng(0)
 
@@ -63,11 +63,11 @@ def test_report_names_classes_without_masks(tmp_path):
     make_mvtec(tmp_path)
     test = AnomalyDataset(tmp_path, "bottle", "test", image_size=32)
     items = [test[i] for i in range(len(test))]
-    result = {"label": np.array([it["label"] for it in items]), "scores": np.array([0.9, 0.8, 0.1]),
-              "has_mask": np.array([it["has_mask"] for it in items]),
-              "mask": np.stack([it["mask"][0].numpy() for it in items]),
-              "maps": np.stack([it["mask"][0].numpy() for it in items]),
-              "defect": np.array([it["defect"] for it in items]), "path": np.array([it["path"] for it in items])}
+    result = Predictions(label=np.array([it["label"] for it in items]), scores=np.array([0.9, 0.8, 0.1]),
+                         has_mask=np.array([it["has_mask"] for it in items]),
+                         mask=np.stack([it["mask"][0].numpy() for it in items]),
+                         maps=np.stack([it["mask"][0].numpy() for it in items]),
+                         defect=np.array([it["defect"] for it in items]), path=np.array([it["path"] for it in items]))
     report = evaluate_predictions(result)
     assert report["pixel_metrics_skipped_for"] == ["dent"]
     assert report["pixel_auroc"] == pytest.approx(1.0) and report["image_auroc"] == pytest.approx(1.0)

@@ -196,8 +196,9 @@ class Inferencer:
     ``predict(images)`` takes ImageNet-normalised (B, 3, S, S) images (any
     batch: fixed-batch files are fed in slices, padded) and returns a
     :class:`sacd_fast.Prediction`; ``from_files(paths)`` reads the images as
-    ``sacd-fast predict`` does. ``image_size`` and ``thresholds`` come from the
-    file itself.
+    ``sacd-fast predict`` does. ``config`` and ``thresholds`` (a :class:`Thresholds`, None for a file
+    exported without them) come from the file itself. ``precision``: what an OpenVINO file computes in,
+    "fp32" or "bf16" (on CPUs with native bf16).
 
     Example::
 
@@ -206,7 +207,7 @@ class Inferencer:
         prediction.scores > inferencer.thresholds.image
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", precision: str = "f32"):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", precision: str = "fp32"):
         self.path = require_file(path, "model")
         suffix = self.path.suffix.lower()
         if suffix == ".pt":

@@ -83,7 +83,7 @@ def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None,
         quantized = quantize_guarded(converted(), calibration, None, thresholds)
         if not quantized.guard.passed:
             raise RuntimeError(f"its accuracy guard fails: {quantized.guard.describe()}")
-        return numpy_in(OpenVINORunner(quantized.model, "bf16" if native_bf16() else "f32"))
+        return numpy_in(OpenVINORunner(quantized.model, "bf16" if native_bf16() else "fp32"))
 
     def numpy_in(run):
         return lambda x: run(np.ascontiguousarray(x.numpy(), dtype=np.float32))
@@ -109,7 +109,7 @@ def _cpu_candidates(model: SACD, calibration: torch.Tensor | None = None,
         candidates["openvino-bf16"] = ("bf16", lambda: openvino("bf16"))
     if calibration is not None:
         candidates["openvino-int8"] = ("int8", int8)
-    candidates["openvino-fp32"] = ("fp32", lambda: openvino("f32"))
+    candidates["openvino-fp32"] = ("fp32", lambda: openvino("fp32"))
     candidates["onnxruntime-fp32"] = ("fp32", lambda: numpy_in(ONNXRuntimeRunner(graph())))
     if native_bf16():
         candidates["eager-bf16"] = ("bf16", bf16_eager)  # the last: it turns the model channels_last

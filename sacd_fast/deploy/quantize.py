@@ -185,7 +185,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
     calibration = normalize(calibration01)
     images, labels = guard_set if guard_set is not None else guard_images(calibration01)
     images = normalize(images)
-    fp32 = OpenVINORunner(model, "f32")
+    fp32 = OpenVINORunner(model, "fp32")
     fp32_scores, _ = scores_of(fp32, images, batch)
     threshold = recalibrated_thresholds(thresholds, *scores_of(fp32, calibration, batch)).image
     del fp32
@@ -194,7 +194,7 @@ def quantize_guarded(model, calibration01: torch.Tensor, batch: int | None, thre
         if result is not None:
             tried.append({"int8": result.int8, "guard": result.guard.to_dict()})
         quantized = quantize_openvino(model, calibration, batch, float32)
-        run = OpenVINORunner(quantized, "f32")
+        run = OpenVINORunner(quantized, "fp32")
         normal_scores, normal_maps = scores_of(run, calibration, batch)
         recalibrated = recalibrated_thresholds(thresholds, normal_scores, normal_maps)
         checked = guard(fp32_scores, scores_of(run, images, batch)[0], labels, threshold,

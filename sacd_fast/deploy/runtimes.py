@@ -61,13 +61,19 @@ def openvino_model(onnx_data: bytes):
         return ov.convert_model(source)
 
 
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's inference precision hint
+
+
 class OpenVINORunner:
     """An OpenVINO CPU inference request for a read or converted model, computing in ``precision``
-    ("f32", or "bf16" on CPUs with native bf16; an int8 model's quantised operations run in int8
+    ("fp32", or "bf16" on CPUs with native bf16; an int8 model's quantised operations run in int8
     either way): float32 images (B, 3, S, S) -> (scores, maps) as numpy arrays."""
 
-    def __init__(self, model, precision: str = "f32"):
-        self.compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    def __init__(self, model, precision: str = "fp32"):
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(OPENVINO_PRECISIONS)}, got {precision!r}")
+        self.compiled = openvino_core().compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]})
         self.request = self.compiled.create_infer_request()
         self.outputs = self.compiled.output("scores"), self.compiled.output("maps")
 

@@ -19,15 +19,21 @@ from sacd_fast.evaluation.metrics import pro_curve
 from sacd_fast.evaluation.scoring import Predictions
 from sacd_fast.files import write_text
 
-THUMBNAIL_WIDTH = 900
+CURVE_POINTS = 400  # a chart's polyline, at most: more than its 240 pixels of width resolve
+THUMBNAIL_WIDTH = 480  # the page shows JPEG thumbnails of this width; each links to its full-size PNG
 
 
 def svg_curve(x, y, title: str, xlabel: str, ylabel: str, xmax: float = 1.0) -> str:
     """A small line chart of y against x in [0, xmax] x [0, 1]."""
     w, h, m = 320, 240, 40
-    keep = np.asarray(x) <= xmax
-    xs = m + np.asarray(x)[keep] / xmax * (w - 2 * m)
-    ys = h - m - np.asarray(y)[keep] * (h - 2 * m)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = x <= xmax
+    x, y = x[keep], y[keep]
+    if len(x) > CURVE_POINTS:  # a pixel-level curve has a point per threshold: more than the chart can show
+        grid = np.linspace(0, x[-1], CURVE_POINTS)
+        x, y = grid, np.interp(grid, x, y)
+    xs = m + x / xmax * (w - 2 * m)
+    ys = h - m - y * (h - 2 * m)
     points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys))
     ticks = "".join(
         f'<text x="{m + t * (w - 2 * m):.0f}" y="{h - m + 14}" font-size="10" text-anchor="middle">{t * xmax:g}</text>'
@@ -43,12 +49,13 @@ def svg_curve(x, y, title: str, xlabel: str, ylabel: str, xmax: float = 1.0) -> 
 
 
 def _thumbnail(path: Path) -> str:
+    """A heatmap panel as a base64 JPEG at most :data:`THUMBNAIL_WIDTH` wide."""
     with Image.open(path) as image:
-        if image.width > THUMBNAIL_WIDTH:
-            image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)),
-                                 Image.BILINEAR)
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
+        image = image.convert("RGB")
+    if image.width > THUMBNAIL_WIDTH:
+        image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -79,7 +86,7 @@ def write_report(path: Path, metrics: dict, result: Predictions, rows: list[dict
     threshold = metrics["threshold"]
     figures = "".join(
         f'<figure><a href="{html.escape(quote(r["heatmap"]))}"><img alt="{html.escape(r["path"])}" '
-        f'src="data:image/png;base64,{_thumbnail(out / r["heatmap"])}"></a>'
+        f'src="data:image/jpeg;base64,{_thumbnail(out / r["heatmap"])}"></a>'
         f'<figcaption>{html.escape(r["heatmap"][len("heatmaps/"):-len(".png")])}: score {r["score"]:.4f}, '
         f'normalised {r["normalized_score"]:.2f}{", ANOMALOUS" if r["anomalous"] else ""}'
         f'{" (defect: " + html.escape(r["defect"]) + ")" if r["label"] == 1 else ""}</figcaption></figure>'
