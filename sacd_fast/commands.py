@@ -188,9 +188,11 @@ def _train(dataset: AnomalyDataset, out: Path, config: SACDConfig, settings: Tra
     return {"thresholds": calibrated, "history": payload["history"]}
 
 
-def decision(checkpoint, device: torch.device, settings: ScoreSettings) -> tuple[SACD, Thresholds]:
-    """The model and the thresholds to decide with: the calibrated ones, recalibrated
-    for another ``false_alarm_rate`` from the stored held-out scores, or ``threshold``."""
+def decision(checkpoint, settings: ScoreSettings) -> tuple[torch.device, SACD, Thresholds]:
+    """The device to score on, the model and the thresholds to decide with: the calibrated ones,
+    recalibrated for another ``false_alarm_rate`` from the stored held-out scores, or ``threshold``;
+    ValueError where a batch of ``settings.batch_size`` images cannot fit the device."""
+    device = resolve_device(settings.device)
     if settings.fast and device.type != "cuda":
         say("--fast on a CPU: the first batch picks the fastest installed backend whose maps match the eager "
             f"model's (fp32 within {CPU_BOUNDS['fp32']:g}, bf16 and int8 within {CPU_BOUNDS['bf16']:g} of the "
@@ -211,7 +213,8 @@ def decision(checkpoint, device: torch.device, settings: ScoreSettings) -> tuple
         thresholds = thresholds.recalibrated(settings.false_alarm_rate)
     if settings.threshold is not None:
         thresholds = Thresholds.given(settings.threshold, thresholds)
-    return model, thresholds
+    check_fits("--batch-size", settings.batch_size, model.config.image_size, device)
+    return device, model, thresholds
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
@@ -221,10 +224,8 @@ def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | 
     ``out/metrics.json`` (written last), ``out/scores.csv``, ``out/heatmaps/``
     and, with ``report``, ``out/report.html``."""
     settings = settings or ScoreSettings()
-    device = resolve_device(settings.device)
     out = Path(out)
-    model, thresholds = decision(checkpoint, device, settings)
-    check_fits("--batch-size", settings.batch_size, model.config.image_size, device)
+    device, model, thresholds = decision(checkpoint, settings)
     dataset = AnomalyDataset(data, category, "test", model.config.image_size)
     with exclusive_folder(out, "sacd-fast eval"):
         dataset.check(progress)
@@ -277,10 +278,8 @@ def predict(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: 
     one heatmap per image in ``out/heatmaps/``. Nothing is written until every
     image has been scored."""
     settings = settings or ScoreSettings()
-    device = resolve_device(settings.device)
     out = Path(out)
-    model, thresholds = decision(checkpoint, device, settings)
-    check_fits("--batch-size", settings.batch_size, model.config.image_size, device)
+    device, model, thresholds = decision(checkpoint, settings)
     images = ImageFiles(paths, model.config.image_size, exclude=(out,))
     with exclusive_folder(out, "sacd-fast predict"):
         images.check(progress)

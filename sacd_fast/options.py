@@ -76,6 +76,12 @@ def check_number(name: str, value, low=None, high=None, *, integer: bool = False
         raise SettingError(name, f"must be {span}, got {value}")
 
 
+def check_flag(name: str, value) -> None:
+    """SettingError naming ``name`` unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise SettingError(name, f"must be True or False, got {value!r}")
+
+
 def check_choice(name: str, value, choices: tuple, optional: bool = False) -> None:
     """SettingError naming ``name`` unless ``value`` is one of ``choices`` (or None when ``optional``)."""
     if not (optional and value is None) and (not isinstance(value, str) or value not in choices):
@@ -83,14 +89,13 @@ def check_choice(name: str, value, choices: tuple, optional: bool = False) -> No
 
 
 def _base(annotation):
-    """(type, choices, optional) of a field's annotation: ``int | None`` -> (int, None, True)."""
-    optional = False
+    """(type, choices) of a field's annotation, None aside: ``int | None`` -> (int, None),
+    ``Literal["add", "mul"] | None`` -> (str, ("add", "mul"))."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional, annotation = True, args[0]
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is typing.Literal:
-        return str, typing.get_args(annotation), optional
-    return annotation, None, optional
+        return str, typing.get_args(annotation)
+    return annotation, None
 
 
 def choices_of(cls, name: str) -> tuple[str, ...] | None:
@@ -108,7 +113,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, defaults: dict | None =
         if (f.name not in only) if only is not None else not f.metadata.get("option"):
             continue
         default = (defaults or {}).get(f.name, None if f.default is MISSING else f.default)
-        kind, listed, _ = _base(hints[f.name])
+        kind, listed = _base(hints[f.name])
         group = f.metadata.get("group")
         if group is not None and group not in groups:
             groups[group] = parser.add_mutually_exclusive_group()

@@ -12,9 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from sacd_fast.options import SettingError, check_choice, check_number, choices_of, setting
+from sacd_fast.options import SettingError, check_choice, check_flag, check_number, choices_of, setting
 
 DEFAULT_FALSE_ALARM_RATE = 0.01  # the share of normal images a calibrated threshold may flag
+DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'..."
+
+
+def check_device(device) -> None:
+    """SettingError unless ``device`` is a device name (which one exists is seen when it is used)."""
+    if not isinstance(device, str):
+        raise SettingError("device", f"must be a device name ('auto', 'cpu', 'cuda', ...), got {device!r}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class TrainSettings:
               "--epochs run; needs --val-fraction > 0). A rerun with the same patience finds a run that ended "
               "this way finished; without one it trains on to --epochs", metavar="EPOCHS")
     workers: int = setting(0, "data-loading worker processes")
-    device: str = setting("auto", "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
+    device: str = setting("auto", DEVICE_HELP)
 
     def __post_init__(self):
         check_number("epochs", self.epochs, 1, integer=True)
@@ -75,8 +82,7 @@ class TrainSettings:
         if self.patience is not None and self.val_fraction == 0:
             raise SettingError("patience", "watches the held-out images' loss: it needs {} > 0", "val_fraction")
         check_number("workers", self.workers, 0, integer=True)
-        if not isinstance(self.device, str):
-            raise SettingError("device", f"must be a device name ('auto', 'cpu', 'cuda', ...), got {self.device!r}")
+        check_device(self.device)
 
     def stored(self) -> dict:
         """The settings a checkpoint records: those that decide the weights."""
@@ -88,7 +94,7 @@ class ScoreSettings:
     """How ``eval`` and ``predict`` score images with a trained model."""
 
     batch_size: int = setting(16, "images per batch")
-    device: str = setting("auto", "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...")
+    device: str = setting("auto", DEVICE_HELP)
     fast: bool = setting(False, "the fast model: on CUDA bf16, channels_last, torch.compile and CUDA graphs; on "
                                 "a CPU the fastest installed backend (OpenVINO, ONNX Runtime, eager) whose maps "
                                 "match eager fp32")
@@ -100,10 +106,8 @@ class ScoreSettings:
 
     def __post_init__(self):
         check_number("batch_size", self.batch_size, 1, integer=True)
-        if not isinstance(self.device, str):
-            raise SettingError("device", f"must be a device name ('auto', 'cpu', 'cuda', ...), got {self.device!r}")
-        if not isinstance(self.fast, bool):
-            raise SettingError("fast", f"must be True or False, got {self.fast!r}")
+        check_device(self.device)
+        check_flag("fast", self.fast)
         if self.threshold is not None and self.false_alarm_rate is not None:
             raise SettingError("threshold", "and {} both set the threshold: give one of them", "false_alarm_rate")
         check_number("threshold", self.threshold, optional=True)

@@ -137,6 +137,11 @@ CALIBRATION_FIELDS = ("false_alarm_rate", "method", "false_alarm_interval", "ima
 GIVEN = "given by --threshold"
 
 
+def _fields(record: dict) -> dict:
+    """A stored threshold record's values as :class:`Thresholds` holds them (lists as tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """How a model decides, as checkpoints and exported files carry it.
@@ -191,7 +196,7 @@ class Thresholds:
         if "scores" in values and "images" in values and len(values["scores"]) != values["images"]:
             raise ValueError(f"{source}: thresholds field 'scores' holds {len(values['scores'])} scores but "
                              f"'images' says {values['images']}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**_fields(values))
 
     @classmethod
     def calibrated(cls, scores, normal_level: float, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
@@ -199,13 +204,12 @@ class Thresholds:
         """The threshold for ``false_alarm_rate`` from held-out normal image ``scores``
         (:func:`calibrate_threshold`), with the median map value ``normal_level`` of those images."""
         found = calibrate_threshold(scores, false_alarm_rate)
-        return cls(normal_level=float(normal_level), source=source,
-                   **{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()})
+        return cls(normal_level=float(normal_level), source=source, **_fields(found))
 
     def recalibrated(self, false_alarm_rate: float) -> "Thresholds":
         """The threshold for another ``false_alarm_rate`` from the held-out scores it keeps."""
         found = calibrate_threshold(self.scores, false_alarm_rate)
-        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()})
+        return replace(self, **_fields(found))
 
     @classmethod
     def given(cls, threshold: float, calibrated: "Thresholds | None" = None) -> "Thresholds":

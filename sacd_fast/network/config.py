@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from sacd_fast.backbones import BACKBONES, DEFAULT_BACKBONE, backbone_spec
-from sacd_fast.options import SettingError, check_choice, check_number, choices_of, setting
+from sacd_fast.options import SettingError, check_choice, check_flag, check_number, choices_of, setting
 
 # The largest image side a model may take: a WideResNet-50-2 teacher's stride-4 features alone take 1 GB
 # per image at 4096².
@@ -49,8 +49,7 @@ class SACDConfig:
         check_number("image_size", self.image_size, 32, MAX_IMAGE_SIZE, integer=True)
         if self.image_size % 32:
             raise SettingError("image_size", f"must be a multiple of 32, got {self.image_size}")
-        if not isinstance(self.feacali_norm_last, bool):
-            raise SettingError("feacali_norm_last", f"must be True or False, got {self.feacali_norm_last!r}")
+        check_flag("feacali_norm_last", self.feacali_norm_last)
         check_number("feacali_layers", self.feacali_layers, 1, MAX_FEACALI_LAYERS, integer=True)
         check_number("map_border", self.map_border, 0, self.image_size, integer=True)
         check_number("lambda_intra", self.lambda_intra, 0, above_low=True)
